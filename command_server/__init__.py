@@ -1,0 +1,1 @@
+"""The command server process: ledger.v1.AccountCommandService."""

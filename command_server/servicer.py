@@ -1,0 +1,146 @@
+"""AccountCommandService: validates requests, runs them through the account decider.
+
+Status codes are not chosen here: errors propagate to the one mapping table in
+ledger.grpc.errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from ledger.application.command_handler import CommandHandler
+from ledger.domain import accounts
+from ledger.domain.values import (
+    check_account_id,
+    check_amount,
+    check_currency,
+    check_description,
+    check_expected_version,
+    check_owner_name,
+)
+from ledger.errors import require
+from ledger.grpc.requests import check_request_id, fingerprint
+from ledger.v1 import account_command_service_pb2 as pb
+from ledger.v1 import account_command_service_pb2_grpc as pb_grpc
+
+AccountHandler = CommandHandler[accounts.State, accounts.Command, accounts.Event]
+Clock = Callable[[], datetime]
+ACCOUNT_ID_NAMESPACE = uuid.UUID("0b5f4a1e-6c0d-4d5e-8f8a-1d2c3b4a5e6f")
+MoveFundsRequest = pb.DepositFundsRequest | pb.WithdrawFundsRequest
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def assigned_account_id(request_id: str) -> str:
+    """Derived from the request id, so a retried OpenAccount lands on the same account."""
+    if request_id:
+        return str(uuid.uuid5(ACCOUNT_ID_NAMESPACE, request_id))
+    return str(uuid.uuid4())
+
+
+def _expected_version(request: MoveFundsRequest | pb.CloseAccountRequest) -> int | None:
+    return request.expected_version if request.HasField("expected_version") else None
+
+
+class AccountCommandServicer(pb_grpc.AccountCommandServiceServicer):
+    def __init__(self, handler: AccountHandler, clock: Clock = utc_now) -> None:
+        self._handler = handler
+        self._clock = clock
+
+    async def OpenAccount(
+        self, request: pb.OpenAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OpenAccountResponse:
+        require(
+            [
+                *check_request_id(request.request_id),
+                *(check_account_id(request.account_id) if request.account_id else []),
+                *check_owner_name(request.owner_name),
+                *check_currency(request.currency),
+            ]
+        )
+        account_id = request.account_id or assigned_account_id(request.request_id)
+        command = accounts.OpenAccount(
+            account_id, request.owner_name, request.currency, self._clock()
+        )
+        outcome = await self._handler.handle(
+            account_id, command, request_id=request.request_id, fingerprint=fingerprint(request)
+        )
+        return pb.OpenAccountResponse(
+            account_id=account_id, version=outcome.version, position=outcome.position
+        )
+
+    async def _move_funds(
+        self,
+        request: MoveFundsRequest,
+        command_type: type[accounts.DepositFunds] | type[accounts.WithdrawFunds],
+    ) -> tuple[int, int, int]:
+        require(
+            [
+                *check_request_id(request.request_id),
+                *check_account_id(request.account_id),
+                *check_amount(request.amount_minor),
+                *check_currency(request.currency),
+                *check_description(request.description),
+                *check_expected_version(_expected_version(request)),
+            ]
+        )
+        command = command_type(
+            request.account_id,
+            request.amount_minor,
+            request.currency,
+            request.description,
+            self._clock(),
+        )
+        outcome = await self._handler.handle(
+            request.account_id,
+            command,
+            request_id=request.request_id,
+            fingerprint=fingerprint(request),
+            expected_version=_expected_version(request),
+        )
+        moved = outcome.events[-1]
+        assert isinstance(moved, accounts.FundsDeposited | accounts.FundsWithdrawn)
+        return outcome.version, outcome.position, moved.balance_after_minor
+
+    async def DepositFunds(
+        self, request: pb.DepositFundsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DepositFundsResponse:
+        version, position, balance = await self._move_funds(request, accounts.DepositFunds)
+        return pb.DepositFundsResponse(
+            account_id=request.account_id, version=version, position=position, balance_minor=balance
+        )
+
+    async def WithdrawFunds(
+        self, request: pb.WithdrawFundsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WithdrawFundsResponse:
+        version, position, balance = await self._move_funds(request, accounts.WithdrawFunds)
+        return pb.WithdrawFundsResponse(
+            account_id=request.account_id, version=version, position=position, balance_minor=balance
+        )
+
+    async def CloseAccount(
+        self, request: pb.CloseAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CloseAccountResponse:
+        require(
+            [
+                *check_request_id(request.request_id),
+                *check_account_id(request.account_id),
+                *check_expected_version(_expected_version(request)),
+            ]
+        )
+        outcome = await self._handler.handle(
+            request.account_id,
+            accounts.CloseAccount(request.account_id, self._clock()),
+            request_id=request.request_id,
+            fingerprint=fingerprint(request),
+            expected_version=_expected_version(request),
+        )
+        return pb.CloseAccountResponse(
+            account_id=request.account_id, version=outcome.version, position=outcome.position
+        )

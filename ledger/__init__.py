@@ -1,0 +1,1 @@
+"""Ledger: the shared library the command server, projector and query server import."""

@@ -1,0 +1,1 @@
+"""Generic application services: run a context's deciders against the event store."""

@@ -1,0 +1,1 @@
+"""The banking bounded context, wired into the generic infrastructure in context.py."""

@@ -1,0 +1,254 @@
+"""The embedded event store: one SQLite file in WAL mode.
+
+Concurrent appends are group-committed: whatever is queued when the writer thread
+becomes free goes into one transaction (each append in its own savepoint, so one
+append's conflict never affects another), and one fsync acknowledges them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from ledger.errors import WrongExpectedVersion
+from ledger.eventstore.port import (
+    ANY_VERSION,
+    NO_STREAM,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    SubscriptionBatch,
+)
+from ledger.sqlite_support import ChangeWatcher, SqliteThreads
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position    INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT    NOT NULL UNIQUE,
+    stream      TEXT    NOT NULL,
+    version     INTEGER NOT NULL,
+    type        TEXT    NOT NULL,
+    data        BLOB    NOT NULL,
+    metadata    BLOB    NOT NULL,
+    recorded_at TEXT    NOT NULL,
+    UNIQUE (stream, version)
+);
+"""
+
+COLUMNS = "event_id, stream, version, position, type, data, metadata, recorded_at"
+MAX_GROUP = 256
+
+
+def _row_to_event(row: tuple[str, str, int, int, str, bytes, bytes, str]) -> RecordedEvent:
+    event_id, stream, version, position, type_, data, metadata, recorded_at = row
+    return RecordedEvent(
+        event_id=UUID(event_id),
+        stream=stream,
+        version=version,
+        position=position,
+        type=type_,
+        data=bytes(data),
+        metadata=bytes(metadata),
+        recorded_at=datetime.fromisoformat(recorded_at),
+    )
+
+
+@dataclass
+class _PendingAppend:
+    stream: str
+    events: Sequence[NewEvent]
+    expected_version: int
+    future: asyncio.Future[AppendResult] = field(repr=False)
+
+
+def _current_version(conn: sqlite3.Connection, stream: str) -> int:
+    row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
+    return NO_STREAM if row[0] is None else int(row[0])
+
+
+def _already_appended(
+    conn: sqlite3.Connection, stream: str, events: Sequence[NewEvent], expected: int
+) -> AppendResult | None:
+    """The original result if these exact event ids were appended here before."""
+    rows = conn.execute(
+        f"SELECT stream, version, position FROM events WHERE event_id IN "
+        f"({','.join('?' * len(events))}) ORDER BY position",
+        [str(e.event_id) for e in events],
+    ).fetchall()
+    if not rows:
+        return None
+    streams = {r[0] for r in rows}
+    versions = [r[1] for r in rows]
+    first = versions[0]
+    consecutive = versions == list(range(first, first + len(events)))
+    fits = expected in (ANY_VERSION, first - 1)
+    if len(rows) == len(events) and streams == {stream} and consecutive and fits:
+        return AppendResult(version=versions[-1], position=rows[-1][2])
+    # Some ids exist elsewhere: this is not a retry of the same append.
+    raise WrongExpectedVersion(stream, expected, _current_version(conn, stream))
+
+
+def _append_one(conn: sqlite3.Connection, item: _PendingAppend, now: str) -> AppendResult:
+    previous = _already_appended(conn, item.stream, item.events, item.expected_version)
+    if previous is not None:
+        return previous
+    current = _current_version(conn, item.stream)
+    if item.expected_version != ANY_VERSION and item.expected_version != current:
+        raise WrongExpectedVersion(item.stream, item.expected_version, current)
+    position = 0
+    for offset, event in enumerate(item.events, start=1):
+        cursor = conn.execute(
+            "INSERT INTO events (event_id, stream, version, type, data, metadata, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                str(event.event_id),
+                item.stream,
+                current + offset,
+                event.type,
+                event.data,
+                event.metadata,
+                now,
+            ),
+        )
+        position = int(cursor.lastrowid or 0)
+    return AppendResult(version=current + len(item.events), position=position)
+
+
+def _commit_group(
+    conn: sqlite3.Connection, group: list[_PendingAppend]
+) -> list[AppendResult | BaseException]:
+    now = datetime.now(UTC).isoformat()
+    outcomes: list[AppendResult | BaseException] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for item in group:
+            conn.execute("SAVEPOINT one_append")
+            try:
+                outcomes.append(_append_one(conn, item, now))
+                conn.execute("RELEASE one_append")
+            except (WrongExpectedVersion, sqlite3.IntegrityError) as exc:
+                conn.execute("ROLLBACK TO one_append")
+                conn.execute("RELEASE one_append")
+                outcomes.append(exc)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+class SqliteEventStore:
+    def __init__(self, path: Path, *, poll_interval: float = 0.002) -> None:
+        self._path = path
+        self._poll_interval = poll_interval
+        self._threads: SqliteThreads | None = None
+        self._queue: asyncio.Queue[_PendingAppend] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def _db(self) -> SqliteThreads:
+        if self._threads is None:
+            raise RuntimeError("event store is not open")
+        return self._threads
+
+    async def open(self) -> None:
+        self._threads = SqliteThreads(self._path, synchronous="FULL")
+        await self._db.write(lambda conn: conn.executescript(SCHEMA))
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-event-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("an append needs at least one event")
+        if self._queue is None:
+            raise RuntimeError("event store is not open")
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_PendingAppend(stream, events, expected_version, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            group = [await self._queue.get()]
+            while not self._queue.empty() and len(group) < MAX_GROUP:
+                group.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._db.write(lambda conn, g=group: _commit_group(conn, g))
+            except Exception as exc:  # the whole transaction failed: fail every caller
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, outcome in zip(group, outcomes, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(outcome, AppendResult):
+                    item.future.set_result(outcome)
+                elif isinstance(outcome, sqlite3.IntegrityError):
+                    current = await self._db.read(lambda c, s=item.stream: _current_version(c, s))
+                    item.future.set_exception(
+                        WrongExpectedVersion(item.stream, item.expected_version, current)
+                    )
+                else:
+                    item.future.set_exception(outcome)
+
+    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
+        def read(conn: sqlite3.Connection) -> list[RecordedEvent]:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ? ORDER BY version",
+                (stream, from_version),
+            ).fetchall()
+            return [_row_to_event(r) for r in rows]
+
+        return await self._db.read(read)
+
+    async def head_position(self) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT MAX(position) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._db.read(read)
+
+    async def read_all(self, after_position: int, limit: int) -> list[RecordedEvent]:
+        def read(conn: sqlite3.Connection) -> list[RecordedEvent]:
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (after_position, limit),
+            ).fetchall()
+            return [_row_to_event(r) for r in rows]
+
+        return await self._db.read(read)
+
+    async def subscribe(
+        self, after_position: int, *, stream_prefixes: Sequence[str] = (), batch_size: int = 1000
+    ) -> AsyncIterator[SubscriptionBatch]:
+        prefixes = tuple(stream_prefixes)
+        watcher = ChangeWatcher(self._path, interval=self._poll_interval)
+        position = after_position
+        try:
+            while True:
+                events = await self.read_all(position, batch_size)
+                if not events:
+                    await watcher.wait()
+                    continue
+                position = events[-1].position
+                wanted = tuple(e for e in events if not prefixes or e.stream.startswith(prefixes))
+                yield SubscriptionBatch(events=wanted, position=position)
+        finally:
+            watcher.close()

@@ -1,0 +1,1 @@
+"""Generic gRPC plumbing: error mapping, request helpers, server bootstrap."""

@@ -1,0 +1,101 @@
+"""Starts a gRPC server the same way for every process and context.
+
+Health reports NOT_SERVING until the stores are open, then SERVING; reflection lists
+every service; SIGTERM or SIGINT flips health to NOT_SERVING, lets in-flight calls
+finish within the grace period, closes the stores, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ledger.errors import Unavailable
+from ledger.grpc.errors import ErrorMappingInterceptor
+
+log = logging.getLogger("ledger.server")
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def open_with_retry(
+    what: str, open_: Callable[[], Awaitable[None]], stop: asyncio.Event, *, max_delay: float = 10.0
+) -> bool:
+    """Open a store, retrying with backoff while it is unavailable; False if stopped first."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await open_()
+            return True
+        except Unavailable as exc:
+            log.warning(f"{what} unavailable, retrying in {delay:.1f}s", extra={"error": exc.message})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, max_delay)
+    return False
+
+
+async def serve(
+    *,
+    name: str,
+    host: str,
+    port: int,
+    services: Sequence[Service],
+    start: Callable[[asyncio.Event], Awaitable[bool]],
+    stop: Callable[[], Awaitable[None]],
+    grace: float,
+) -> int:
+    """Run until SIGTERM/SIGINT. `start` opens the stores (False: stopped before ready)."""
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for service in services:
+        service.register(server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    async def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for service_name in ["", *names]:
+            await health_servicer.set(service_name, status)
+
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        log.error("cannot bind", extra={"address": f"{host}:{port}"})
+        return 1
+    stopping = stop_event_on_signals()
+    await server.start()
+    log.info(f"{name} listening", extra={"address": f"{host}:{bound}", "services": ",".join(names)})
+    try:
+        if await start(stopping):
+            await set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info(f"{name} serving", extra={"address": f"{host}:{bound}"})
+            await stopping.wait()
+    finally:
+        log.info(f"{name} stopping", extra={"grace_seconds": grace})
+        await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace)
+        await stop()
+        log.info(f"{name} stopped")
+    return 0

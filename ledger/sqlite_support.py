@@ -1,0 +1,111 @@
+"""What both SQLite adapters share: connection set-up and running blocking calls off the loop.
+
+sqlite3 blocks, so each adapter owns a single writer thread (SQLite admits one writer
+at a time anyway) and a small pool of reader threads, each with its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from ledger.errors import Unavailable
+
+T = TypeVar("T")
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+def connect(path: Path, *, synchronous: Synchronous) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except (sqlite3.Error, OSError) as exc:
+        raise Unavailable(f"cannot open SQLite database {path}: {exc}") from exc
+    return conn
+
+
+class SqliteThreads:
+    """One writer thread and a pool of reader threads, each with its own connection."""
+
+    def __init__(self, path: Path, *, synchronous: Synchronous, readers: int = 2) -> None:
+        self._path = path
+        self._synchronous: Synchronous = synchronous
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{path.stem}-writer")
+        self._reader_pool = ThreadPoolExecutor(readers, thread_name_prefix=f"{path.stem}-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self._path, synchronous=self._synchronous)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._writer_pool, fn)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._reader_pool, fn)
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, lambda: fn(self._connection()))
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
+class ChangeWatcher:
+    """Tells when another connection committed, by polling `PRAGMA data_version`.
+
+    data_version lives in shared memory, so a poll costs microseconds and touches no
+    disk: polling every couple of milliseconds gives near-live latency across
+    processes without a busy loop over the data.
+    """
+
+    def __init__(self, path: Path, *, interval: float = 0.002) -> None:
+        self._conn = connect(path, synchronous="NORMAL")
+        self._interval = interval
+        self._seen = self._version()
+
+    def _version(self) -> int:
+        row = self._conn.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until something was committed since the last call; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            current = self._version()
+            if current != self._seen:
+                self._seen = current
+                return True
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(self._interval)
+
+    def close(self) -> None:
+        self._conn.close()

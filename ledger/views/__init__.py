@@ -1,0 +1,1 @@
+"""The view store port and its adapters."""

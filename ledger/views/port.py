@@ -1,0 +1,85 @@
+"""The view store port: keyed documents in named collections, plus checkpoints.
+
+Projections only ever *upsert* documents conditionally on the log position of the
+event that caused the change: a document that already reflects that position (or a
+later one) is left alone. Redelivered events are therefore no-ops in every adapter,
+with or without transactions, and a batch written with its checkpoint in one
+transaction (where the store has them) can never be half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+Scalar = str | int | bool | None
+Document = dict[str, Any]
+KEY = "_id"
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def check_field_name(name: str) -> str:
+    """Field names come from code, never from clients; refuse anything odd all the same."""
+    if not FIELD_NAME.fullmatch(name):
+        raise ValueError(f"invalid view field name {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Collection:
+    name: str
+    indexes: tuple[Index, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Create `key` or merge `fields` into it, unless it already reflects `position`."""
+
+    collection: str
+    key: str
+    fields: Mapping[str, Scalar]
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    name: str
+    position: int
+    updated_at: datetime | None = None
+
+
+class ViewStore(Protocol):
+    async def open(self, collections: Sequence[Collection]) -> None:
+        """Connect and create the collections and indexes the queries need."""
+
+    async def close(self) -> None: ...
+
+    async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
+        """Apply a projector batch and move the checkpoint forward, atomically where possible."""
+
+    async def checkpoint(self, name: str) -> int:
+        """The stored position of checkpoint `name`, 0 if there is none."""
+
+    async def checkpoints(self) -> list[Checkpoint]: ...
+
+    async def get(self, collection: str, key: str) -> Document | None: ...
+
+    async def find(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Scalar],
+        order_by: str,
+        after: Scalar = None,
+        limit: int,
+    ) -> list[Document]:
+        """Documents matching every `where` equality, ascending by `order_by` (a field
+        unique within the match), starting after the value `after` (keyset paging)."""

@@ -1,0 +1,162 @@
+"""The embedded view store: one SQLite file shared by the projector and the query server.
+
+Each collection is a table of JSON documents with the position of the last event that
+changed them; the indexes a context declares become expression indexes on the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ledger.sqlite_support import SqliteThreads
+from ledger.views.port import (
+    KEY,
+    Checkpoint,
+    Collection,
+    Document,
+    Scalar,
+    Upsert,
+    check_field_name,
+)
+
+CHECKPOINTS = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name       TEXT PRIMARY KEY,
+    position   INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def _table(collection: str) -> str:
+    return f'"view_{check_field_name(collection)}"'
+
+
+def _column(field: str) -> str:
+    if field == KEY:
+        return "key"
+    return f"json_extract(doc, '$.{check_field_name(field)}')"
+
+
+def _schema(collection: Collection) -> str:
+    table = _table(collection.name)
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        " key TEXT PRIMARY KEY, position INTEGER NOT NULL, doc TEXT NOT NULL) WITHOUT ROWID;"
+    ]
+    for index in collection.indexes:
+        name = f'"ix_{collection.name}_{"_".join(f.strip("_") for f in index.fields)}"'
+        columns = ", ".join(_column(f) for f in index.fields)
+        statements.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns});")
+    return "\n".join(statements)
+
+
+def _document(key: str, raw: str) -> Document:
+    doc: Document = json.loads(raw)
+    doc[KEY] = key
+    return doc
+
+
+class SqliteViewStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._threads: SqliteThreads | None = None
+
+    @property
+    def _db(self) -> SqliteThreads:
+        if self._threads is None:
+            raise RuntimeError("view store is not open")
+        return self._threads
+
+    async def open(self, collections: Sequence[Collection]) -> None:
+        # NORMAL is enough here: in WAL mode it never corrupts or half-applies a
+        # transaction, and views lost to a power cut are rebuilt from the log.
+        self._threads = SqliteThreads(self._path, synchronous="NORMAL", readers=4)
+        script = CHECKPOINTS + "\n".join(_schema(c) for c in collections)
+        await self._db.write(lambda conn: conn.executescript(script))
+
+    async def close(self) -> None:
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
+
+    async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
+        now = datetime.now(UTC).isoformat()
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in upserts:
+                    conn.execute(
+                        f"INSERT INTO {_table(op.collection)} (key, position, doc) VALUES (?, ?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET doc = json_patch(doc, excluded.doc),"
+                        " position = excluded.position WHERE excluded.position > position",
+                        (op.key, op.position, json.dumps(op.fields, separators=(",", ":"))),
+                    )
+                conn.execute(
+                    "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
+                    " updated_at = excluded.updated_at WHERE excluded.position >= position",
+                    (checkpoint.name, checkpoint.position, now),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._db.write(write)
+
+    async def checkpoint(self, name: str) -> int:
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._db.read(read)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        def read(conn: sqlite3.Connection) -> list[Checkpoint]:
+            rows = conn.execute(
+                "SELECT name, position, updated_at FROM checkpoints ORDER BY name"
+            ).fetchall()
+            return [Checkpoint(n, int(p), datetime.fromisoformat(u)) for n, p, u in rows]
+
+        return await self._db.read(read)
+
+    async def get(self, collection: str, key: str) -> Document | None:
+        def read(conn: sqlite3.Connection) -> Document | None:
+            row = conn.execute(
+                f"SELECT doc FROM {_table(collection)} WHERE key = ?", (key,)
+            ).fetchone()
+            return None if row is None else _document(key, row[0])
+
+        return await self._db.read(read)
+
+    async def find(
+        self,
+        collection: str,
+        *,
+        where: Mapping[str, Scalar],
+        order_by: str,
+        after: Scalar = None,
+        limit: int,
+    ) -> list[Document]:
+        clauses = [f"{_column(field)} = ?" for field in where]
+        params: list[Scalar] = list(where.values())
+        if after is not None:
+            clauses.append(f"{_column(order_by)} > ?")
+            params.append(after)
+        sql = (
+            f"SELECT key, doc FROM {_table(collection)}"
+            f"{' WHERE ' + ' AND '.join(clauses) if clauses else ''}"
+            f" ORDER BY {_column(order_by)} LIMIT ?"
+        )
+        params.append(limit)
+
+        def read(conn: sqlite3.Connection) -> list[Document]:
+            return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]
+
+        return await self._db.read(read)

@@ -1,0 +1,1 @@
+"""The projector process: keeps the read views up to date from the event log."""

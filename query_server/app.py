@@ -1,0 +1,44 @@
+"""Wires the banking context's query side onto the generic server bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ledger.backends import view_store_from_env
+from ledger.banking.views import projection
+from ledger.consistency import CheckpointFollower
+from ledger.grpc.server import Service, open_with_retry, serve
+from ledger.settings import Env, bind_host, env_float, port, shutdown_grace
+from ledger.v1 import account_query_service_pb2, account_query_service_pb2_grpc
+from query_server.servicer import AccountQueryServicer
+
+SERVICE_NAME = account_query_service_pb2.DESCRIPTOR.services_by_name["AccountQueryService"].full_name
+
+
+async def run(env: Env) -> int:
+    views = view_store_from_env(env)
+    listen_port = port(env, "LEDGER_QUERY_PORT", 50052)
+    host, grace = bind_host(env), shutdown_grace(env)
+    max_wait = env_float(env, "LEDGER_MAX_WAIT_SECONDS", 5.0, minimum=0.0, maximum=300.0)
+    follower = CheckpointFollower(lambda: views.checkpoint(projection.checkpoint_name))
+    servicer = AccountQueryServicer(views, follower, max_wait=max_wait)
+
+    async def start(stop: asyncio.Event) -> bool:
+        return await open_with_retry("view store", lambda: views.open(projection.collections), stop)
+
+    return await serve(
+        name="query_server",
+        host=host,
+        port=listen_port,
+        services=[
+            Service(
+                SERVICE_NAME,
+                lambda server: account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
+                    servicer, server
+                ),
+            )
+        ],
+        start=start,
+        stop=views.close,
+        grace=grace,
+    )

@@ -1,0 +1,149 @@
+"""AccountQueryService: reads the banking views, honouring min_position."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger.banking.views import ACCOUNTS, TRANSACTIONS
+from ledger.banking.views import projection as banking
+from ledger.consistency import CheckpointFollower
+from ledger.domain.values import check_account_id
+from ledger.errors import FieldViolation, NotFound, require
+from ledger.paging import check_page_size, fetch_page
+from ledger.v1 import account_pb2, account_query_service_pb2_grpc
+from ledger.v1 import account_query_service_pb2 as pb
+from ledger.views.port import Document, Scalar, ViewStore
+
+STATUS_TO_PROTO = {
+    "OPEN": account_pb2.ACCOUNT_STATUS_OPEN,
+    "CLOSED": account_pb2.ACCOUNT_STATUS_CLOSED,
+    "FROZEN": account_pb2.ACCOUNT_STATUS_FROZEN,
+}
+STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+KIND_TO_PROTO = {
+    "DEPOSIT": account_pb2.TRANSACTION_KIND_DEPOSIT,
+    "WITHDRAWAL": account_pb2.TRANSACTION_KIND_WITHDRAWAL,
+}
+
+
+def _timestamp(value: str) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.fromisoformat(value))
+    return stamp
+
+
+def account_message(doc: Document) -> account_pb2.Account:
+    return account_pb2.Account(
+        account_id=doc["account_id"],
+        owner_name=doc["owner_name"],
+        currency=doc["currency"],
+        balance_minor=doc["balance_minor"],
+        status=STATUS_TO_PROTO[doc["status"]],
+        version=doc["version"],
+        position=doc["position"],
+        opened_at=_timestamp(doc["opened_at"]),
+        updated_at=_timestamp(doc["updated_at"]),
+    )
+
+
+def transaction_message(doc: Document) -> account_pb2.Transaction:
+    return account_pb2.Transaction(
+        transaction_id=doc["transaction_id"],
+        account_id=doc["account_id"],
+        kind=KIND_TO_PROTO[doc["kind"]],
+        amount_minor=doc["amount_minor"],
+        balance_after_minor=doc["balance_after_minor"],
+        description=doc["description"],
+        occurred_at=_timestamp(doc["occurred_at"]),
+        version=doc["version"],
+        position=doc["position"],
+    )
+
+
+class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceServicer):
+    def __init__(self, views: ViewStore, follower: CheckpointFollower, *, max_wait: float) -> None:
+        self._views = views
+        self._follower = follower
+        self._max_wait = max_wait
+
+    async def _caught_up(self, min_position: int, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        budget = self._max_wait if remaining is None else min(self._max_wait, remaining - 0.05)
+        await self._follower.require(min_position, budget)
+
+    async def _account(self, account_id: str) -> Document:
+        doc = await self._views.get(ACCOUNTS, account_id)
+        if doc is None:
+            raise NotFound(f"account {account_id!r} does not exist")
+        return doc
+
+    async def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountResponse:
+        require(check_account_id(request.account_id))
+        await self._caught_up(request.min_position, context)
+        return pb.GetAccountResponse(account=account_message(await self._account(request.account_id)))
+
+    async def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAccountsResponse:
+        violations = check_page_size(request.page_size)
+        if request.status and request.status not in STATUS_FROM_PROTO:
+            violations.append(FieldViolation("status", "is not a known AccountStatus"))
+        require(violations)
+        await self._caught_up(request.min_position, context)
+        where: dict[str, Scalar] = {}
+        if request.owner_name:
+            where["owner_name"] = request.owner_name
+        if request.status:
+            where["status"] = STATUS_FROM_PROTO[request.status]
+        page = await fetch_page(
+            self._views,
+            ACCOUNTS,
+            where=where,
+            order_by="_id",
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListAccountsResponse(
+            accounts=[account_message(d) for d in page.documents],
+            next_page_token=page.next_page_token,
+        )
+
+    async def ListTransactions(
+        self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTransactionsResponse:
+        require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
+        await self._caught_up(request.min_position, context)
+        await self._account(request.account_id)
+        page = await fetch_page(
+            self._views,
+            TRANSACTIONS,
+            where={"account_id": request.account_id},
+            order_by="version",
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListTransactionsResponse(
+            transactions=[transaction_message(d) for d in page.documents],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetProjectionStatus(
+        self, request: pb.GetProjectionStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetProjectionStatusResponse:
+        await self._caught_up(request.min_position, context)
+        checkpoints = await self._views.checkpoints()
+        mine = next((c for c in checkpoints if c.name == banking.checkpoint_name), None)
+        statuses = []
+        for c in checkpoints:
+            status = pb.ProjectionStatus(name=c.name, checkpoint_position=c.position)
+            if c.updated_at is not None:
+                status.updated_at.FromDatetime(c.updated_at)
+            statuses.append(status)
+        return pb.GetProjectionStatusResponse(
+            checkpoint_position=mine.position if mine else 0, projections=statuses
+        )
