@@ -13,9 +13,7 @@ from ledger.grpc.server import Service, open_with_retry, serve
 from ledger.settings import Env, bind_host, port, shutdown_grace
 from ledger.v1 import account_command_service_pb2, account_command_service_pb2_grpc
 
-SERVICE_NAME = account_command_service_pb2.DESCRIPTOR.services_by_name[
-    "AccountCommandService"
-].full_name
+DESCRIPTOR = account_command_service_pb2.DESCRIPTOR.services_by_name["AccountCommandService"]
 
 
 async def run(env: Env) -> int:
@@ -32,11 +30,10 @@ async def run(env: Env) -> int:
         host=host,
         port=listen_port,
         services=[
-            Service(
-                SERVICE_NAME,
-                lambda server: account_command_service_pb2_grpc.add_AccountCommandServiceServicer_to_server(
-                    servicer, server
-                ),
+            Service.of(
+                servicer,
+                account_command_service_pb2_grpc.add_AccountCommandServiceServicer_to_server,
+                DESCRIPTOR,
             )
         ],
         start=start,

@@ -10,8 +10,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import grpc
-
 from ledger.application.command_handler import CommandHandler
 from ledger.domain import accounts
 from ledger.domain.values import (
@@ -24,6 +22,7 @@ from ledger.domain.values import (
 )
 from ledger.errors import require
 from ledger.grpc.requests import check_request_id, fingerprint
+from ledger.grpc.types import Context
 from ledger.v1 import account_command_service_pb2 as pb
 from ledger.v1 import account_command_service_pb2_grpc as pb_grpc
 
@@ -54,7 +53,7 @@ class AccountCommandServicer(pb_grpc.AccountCommandServiceServicer):
         self._clock = clock
 
     async def OpenAccount(
-        self, request: pb.OpenAccountRequest, context: grpc.aio.ServicerContext
+        self, request: pb.OpenAccountRequest, context: Context
     ) -> pb.OpenAccountResponse:
         require(
             [
@@ -109,7 +108,7 @@ class AccountCommandServicer(pb_grpc.AccountCommandServiceServicer):
         return outcome.version, outcome.position, moved.balance_after_minor
 
     async def DepositFunds(
-        self, request: pb.DepositFundsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DepositFundsRequest, context: Context
     ) -> pb.DepositFundsResponse:
         version, position, balance = await self._move_funds(request, accounts.DepositFunds)
         return pb.DepositFundsResponse(
@@ -117,7 +116,7 @@ class AccountCommandServicer(pb_grpc.AccountCommandServiceServicer):
         )
 
     async def WithdrawFunds(
-        self, request: pb.WithdrawFundsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WithdrawFundsRequest, context: Context
     ) -> pb.WithdrawFundsResponse:
         version, position, balance = await self._move_funds(request, accounts.WithdrawFunds)
         return pb.WithdrawFundsResponse(
@@ -125,7 +124,7 @@ class AccountCommandServicer(pb_grpc.AccountCommandServiceServicer):
         )
 
     async def CloseAccount(
-        self, request: pb.CloseAccountRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CloseAccountRequest, context: Context
     ) -> pb.CloseAccountResponse:
         require(
             [

@@ -15,7 +15,9 @@ PROJECTION_BEHIND = "PROJECTION_BEHIND"
 
 
 class CheckpointFollower:
-    def __init__(self, read_position: Callable[[], Awaitable[int]], *, interval: float = 0.002) -> None:
+    def __init__(
+        self, read_position: Callable[[], Awaitable[int]], *, interval: float = 0.002
+    ) -> None:
         self._read_position = read_position
         self._interval = interval
         self.position = 0
@@ -37,15 +39,15 @@ class CheckpointFollower:
             await asyncio.sleep(self._interval)
         self._poller = None
 
-    async def wait_for(self, position: int, timeout: float) -> bool:
-        """True once the checkpoint is at or past `position`; False after `timeout` s."""
+    async def wait_for(self, position: int, budget: float) -> bool:
+        """True once the checkpoint is at or past `position`; False after `budget` seconds."""
         if position <= self.position or position <= await self.refresh():
             return True
         self._waiters += 1
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll())
         try:
-            async with asyncio.timeout(max(timeout, 0.0)), self._changed:
+            async with asyncio.timeout(max(budget, 0.0)), self._changed:
                 await self._changed.wait_for(lambda: self.position >= position)
             return True
         except TimeoutError:
@@ -53,8 +55,8 @@ class CheckpointFollower:
         finally:
             self._waiters -= 1
 
-    async def require(self, position: int, timeout: float) -> None:
-        if position and not await self.wait_for(position, timeout):
+    async def require(self, position: int, budget: float) -> None:
+        if position and not await self.wait_for(position, budget):
             raise Unavailable(
                 f"the views have reached position {self.position}, not {position} yet;"
                 " retry, or allow a longer deadline",

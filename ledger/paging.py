@@ -23,7 +23,11 @@ MAX_PAGE_SIZE = 1000
 def check_page_size(value: int, field: str = "page_size") -> list[FieldViolation]:
     if 0 <= value <= MAX_PAGE_SIZE:
         return []
-    return [FieldViolation(field, f"must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")]
+    return [
+        FieldViolation(
+            field, f"must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})"
+        )
+    ]
 
 
 def _scope(collection: str, where: Mapping[str, Scalar], order_by: str) -> str:
@@ -42,7 +46,9 @@ def decode_token(token: str, scope: str, field: str = "page_token") -> Scalar:
         body = json.loads(raw)
         after, token_scope = body["a"], body["s"]
     except (ValueError, KeyError, TypeError):
-        raise InvalidArgument([FieldViolation(field, "is not a page token this server issued")]) from None
+        raise InvalidArgument(
+            [FieldViolation(field, "is not a page token this server issued")]
+        ) from None
     if token_scope != scope:
         raise InvalidArgument([FieldViolation(field, "belongs to a different query")])
     if not isinstance(after, str | int):

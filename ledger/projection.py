@@ -41,7 +41,10 @@ class Projection:
 
     def on(
         self, event_type: type[Ev]
-    ) -> Callable[[Callable[[Ev, RecordedEvent], Iterable[Upsert]]], Callable[[Ev, RecordedEvent], Iterable[Upsert]]]:
+    ) -> Callable[
+        [Callable[[Ev, RecordedEvent], Iterable[Upsert]]],
+        Callable[[Ev, RecordedEvent], Iterable[Upsert]],
+    ]:
         type_name = self.codec.type_name_of_class(event_type)
 
         def register(

@@ -94,10 +94,10 @@ class ChangeWatcher:
         row = self._conn.execute("PRAGMA data_version").fetchone()
         return int(row[0])
 
-    async def wait(self, timeout: float | None = None) -> bool:
+    async def wait(self, budget: float | None = None) -> bool:
         """Wait until something was committed since the last call; False on timeout."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if budget is None else loop.time() + budget
         while True:
             current = self._version()
             if current != self._seen:

@@ -22,7 +22,9 @@ async def run(env: Env) -> int:
     try:
         if not await open_with_retry("event store", events.open, stop):
             return 0
-        if not await open_with_retry("view store", lambda: views.open(projection.collections), stop):
+        if not await open_with_retry(
+            "view store", lambda: views.open(projection.collections), stop
+        ):
             return 0
         runner = ProjectionRunner(events, views, projection)
         task = asyncio.create_task(runner.run(), name="projection")
@@ -35,7 +37,9 @@ async def run(env: Env) -> int:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        log.info("projector stopped", extra={"position": runner.position, "applied": runner.applied})
+        log.info(
+            "projector stopped", extra={"position": runner.position, "applied": runner.applied}
+        )
         return 0
     finally:
         await events.close()

@@ -12,7 +12,7 @@ from ledger.settings import Env, bind_host, env_float, port, shutdown_grace
 from ledger.v1 import account_query_service_pb2, account_query_service_pb2_grpc
 from query_server.servicer import AccountQueryServicer
 
-SERVICE_NAME = account_query_service_pb2.DESCRIPTOR.services_by_name["AccountQueryService"].full_name
+DESCRIPTOR = account_query_service_pb2.DESCRIPTOR.services_by_name["AccountQueryService"]
 
 
 async def run(env: Env) -> int:
@@ -31,11 +31,10 @@ async def run(env: Env) -> int:
         host=host,
         port=listen_port,
         services=[
-            Service(
-                SERVICE_NAME,
-                lambda server: account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
-                    servicer, server
-                ),
+            Service.of(
+                servicer,
+                account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server,
+                DESCRIPTOR,
             )
         ],
         start=start,

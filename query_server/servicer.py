@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.banking.views import ACCOUNTS, TRANSACTIONS
@@ -12,6 +11,7 @@ from ledger.banking.views import projection as banking
 from ledger.consistency import CheckpointFollower
 from ledger.domain.values import check_account_id
 from ledger.errors import FieldViolation, NotFound, require
+from ledger.grpc.types import Context
 from ledger.paging import check_page_size, fetch_page
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc
 from ledger.v1 import account_query_service_pb2 as pb
@@ -69,7 +69,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         self._follower = follower
         self._max_wait = max_wait
 
-    async def _caught_up(self, min_position: int, context: grpc.aio.ServicerContext) -> None:
+    async def _caught_up(self, min_position: int, context: Context) -> None:
         remaining = context.time_remaining()
         budget = self._max_wait if remaining is None else min(self._max_wait, remaining - 0.05)
         await self._follower.require(min_position, budget)
@@ -81,14 +81,16 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         return doc
 
     async def GetAccount(
-        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetAccountRequest, context: Context
     ) -> pb.GetAccountResponse:
         require(check_account_id(request.account_id))
         await self._caught_up(request.min_position, context)
-        return pb.GetAccountResponse(account=account_message(await self._account(request.account_id)))
+        return pb.GetAccountResponse(
+            account=account_message(await self._account(request.account_id))
+        )
 
     async def ListAccounts(
-        self, request: pb.ListAccountsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListAccountsRequest, context: Context
     ) -> pb.ListAccountsResponse:
         violations = check_page_size(request.page_size)
         if request.status and request.status not in STATUS_FROM_PROTO:
@@ -114,7 +116,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         )
 
     async def ListTransactions(
-        self, request: pb.ListTransactionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListTransactionsRequest, context: Context
     ) -> pb.ListTransactionsResponse:
         require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
         await self._caught_up(request.min_position, context)
@@ -133,7 +135,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         )
 
     async def GetProjectionStatus(
-        self, request: pb.GetProjectionStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetProjectionStatusRequest, context: Context
     ) -> pb.GetProjectionStatusResponse:
         await self._caught_up(request.min_position, context)
         checkpoints = await self._views.checkpoints()

@@ -124,7 +124,9 @@ class CommandHandler(Generic[S, C, E]):
                     continue
                 self._remember(stream, loaded, events, metadata, result.version, result.position)
                 return Outcome(events, result.version, result.position)
-        raise ConcurrencyConflict(f"{stream} kept changing; gave up after {self._max_attempts} tries")
+        raise ConcurrencyConflict(
+            f"{stream} kept changing; gave up after {self._max_attempts} tries"
+        )
 
     def _lock(self, stream: str) -> asyncio.Lock:
         lock = self._locks.get(stream)
@@ -171,7 +173,10 @@ class CommandHandler(Generic[S, C, E]):
         first = version - len(events) + 1
         requests = loaded.requests
         if metadata.request_id:
-            requests = {**requests, metadata.request_id: _Request(metadata.fingerprint, first, version, position)}
+            requests = {
+                **requests,
+                metadata.request_id: _Request(metadata.fingerprint, first, version, position),
+            }
         self._cache[stream] = replace(
             loaded,
             state=self._decider.fold(loaded.state, events),

@@ -138,12 +138,16 @@ def must_exist(state: State, account_id: str) -> Account:
 
 def must_not_be_closed(account: Account) -> None:
     if account.status is AccountStatus.CLOSED:
-        raise RuleViolated(f"account {account.account_id!r} is closed", reason=Reason.ACCOUNT_CLOSED)
+        raise RuleViolated(
+            f"account {account.account_id!r} is closed", reason=Reason.ACCOUNT_CLOSED
+        )
 
 
 def must_not_be_frozen(account: Account) -> None:
     if account.status is AccountStatus.FROZEN:
-        raise RuleViolated(f"account {account.account_id!r} is frozen", reason=Reason.ACCOUNT_FROZEN)
+        raise RuleViolated(
+            f"account {account.account_id!r} is frozen", reason=Reason.ACCOUNT_FROZEN
+        )
 
 
 def must_match_currency(account: Account, currency: str) -> None:

@@ -57,7 +57,9 @@ def check_description(value: str, field: str = "description") -> list[FieldViola
     return [FieldViolation(field, f"must be at most {MAX_DESCRIPTION} characters")]
 
 
-def check_expected_version(value: int | None, field: str = "expected_version") -> list[FieldViolation]:
+def check_expected_version(
+    value: int | None, field: str = "expected_version"
+) -> list[FieldViolation]:
     if value is None or value >= 0:
         return []
     return [FieldViolation(field, "must be a stream version (0 or more)")]

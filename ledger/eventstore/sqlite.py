@@ -8,6 +8,7 @@ append's conflict never affects another), and one fsync acknowledges them all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -189,7 +190,7 @@ class SqliteEventStore:
             while not self._queue.empty() and len(group) < MAX_GROUP:
                 group.append(self._queue.get_nowait())
             try:
-                outcomes = await self._db.write(lambda conn, g=group: _commit_group(conn, g))
+                outcomes = await self._db.write(functools.partial(_commit_group, group=group))
             except Exception as exc:  # the whole transaction failed: fail every caller
                 for item in group:
                     if not item.future.done():
@@ -201,7 +202,9 @@ class SqliteEventStore:
                 if isinstance(outcome, AppendResult):
                     item.future.set_result(outcome)
                 elif isinstance(outcome, sqlite3.IntegrityError):
-                    current = await self._db.read(lambda c, s=item.stream: _current_version(c, s))
+                    current = await self._db.read(
+                        functools.partial(_current_version, stream=item.stream)
+                    )
                     item.future.set_exception(
                         WrongExpectedVersion(item.stream, item.expected_version, current)
                     )

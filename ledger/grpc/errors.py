@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -24,6 +24,7 @@ from ledger.errors import (
     RuleViolated,
     Unavailable,
 )
+from ledger.grpc.types import Context
 
 log = logging.getLogger("ledger.grpc")
 ERROR_DOMAIN = "ledger"
@@ -40,7 +41,7 @@ STATUS_CODES: dict[type[LedgerError], grpc.StatusCode] = {
 
 def status_code_for(error: LedgerError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        code = STATUS_CODES.get(cls)  # type: ignore[call-overload]
+        code = STATUS_CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
@@ -69,45 +70,50 @@ def to_status(error: LedgerError) -> grpc.Status:
             )
         )
     if error.reason:
-        details.append(_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)))
+        details.append(
+            _packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
+        )
     status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return cast(grpc.Status, rpc_status.to_status(status))
 
 
 INTERNAL_MESSAGE = "internal error"
 
-Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(error: BaseException, context: Context, method: str) -> None:
     if isinstance(error, LedgerError):
-        log.info("request refused", extra={"method": method, "error": error.message, "reason": error.reason})
+        log.info(
+            "request refused",
+            extra={"method": method, "error": error.message, "reason": error.reason},
+        )
         await context.abort_with_status(to_status(error))
     log.exception("unhandled error", extra={"method": method}, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def _wrap_unary(behavior: Unary, method: str) -> Unary:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: Context) -> Any:
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as error:  # noqa: BLE001 - mapped, never leaked
+        except Exception as error:
             await _abort_for(error, context, method)
 
     return handler
 
 
 def _wrap_stream(behavior: Streaming, method: str) -> Streaming:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
             async for item in behavior(request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as error:  # noqa: BLE001 - mapped, never leaked
+        except Exception as error:
             await _abort_for(error, context, method)
 
     return handler
@@ -116,22 +122,24 @@ def _wrap_stream(behavior: Streaming, method: str) -> Streaming:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith("/ledger."):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(cast(Unary, handler.unary_unary), method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
+                _wrap_stream(cast(Streaming, handler.unary_stream), method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -25,6 +25,10 @@ def fingerprint(request: Message, *, request_id_field: str = "request_id") -> st
     """
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.ClearField(request_id_field)  # type: ignore[arg-type]
-    body = type(request).DESCRIPTOR.full_name.encode() + b"\0" + copy.SerializeToString(deterministic=True)
+    copy.ClearField(request_id_field)
+    body = (
+        type(request).DESCRIPTOR.full_name.encode()
+        + b"\0"
+        + copy.SerializeToString(deterministic=True)
+    )
     return hashlib.sha256(body).hexdigest()[:32]

@@ -13,8 +13,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -22,12 +24,23 @@ from ledger.errors import Unavailable
 from ledger.grpc.errors import ErrorMappingInterceptor
 
 log = logging.getLogger("ledger.server")
+Servicer = TypeVar("Servicer", bound=Any)
 
 
 @dataclass(frozen=True)
 class Service:
     name: str
     register: Callable[[grpc.aio.Server], None]
+
+    @classmethod
+    def of(
+        cls,
+        servicer: Servicer,
+        add_to_server: Callable[[Servicer, grpc.aio.Server], None],
+        descriptor: ServiceDescriptor,
+    ) -> Service:
+        """From generated code: the servicer, its add_*_to_server, its descriptor."""
+        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server))
 
 
 def stop_event_on_signals() -> asyncio.Event:
@@ -49,7 +62,9 @@ async def open_with_retry(
             await open_()
             return True
         except Unavailable as exc:
-            log.warning(f"{what} unavailable, retrying in {delay:.1f}s", extra={"error": exc.message})
+            log.warning(
+                f"{what} unavailable, retrying in {delay:.1f}s", extra={"error": exc.message}
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, max_delay)
@@ -73,7 +88,9 @@ async def serve(
     for service in services:
         service.register(server)
     names = [s.name for s in services]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
 
     async def set_health(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service_name in ["", *names]:

@@ -112,7 +112,9 @@ class SqliteViewStore:
 
     async def checkpoint(self, name: str) -> int:
         def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT position FROM checkpoints WHERE name = ?", (name,)).fetchone()
+            row = conn.execute(
+                "SELECT position FROM checkpoints WHERE name = ?", (name,)
+            ).fetchone()
             return 0 if row is None else int(row[0])
 
         return await self._db.read(read)
