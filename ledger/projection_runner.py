@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 
+from ledger.errors import Unavailable
 from ledger.eventstore.port import EventStore
 from ledger.projection import Projection
 from ledger.views.port import Checkpoint, ViewStore
@@ -27,8 +28,25 @@ class ProjectionRunner:
         self.position = 0
         self.applied = 0
 
-    async def run(self) -> None:
-        """Run until cancelled; a cancellation never interrupts a batch being written."""
+    async def run(self, *, max_delay: float = 10.0) -> None:
+        """Run until cancelled, riding out store outages by resuming from the checkpoint."""
+        delay = 0.2
+        while True:
+            applied_before = self.applied
+            try:
+                await self._follow()
+            except Unavailable as exc:
+                if self.applied != applied_before:
+                    delay = 0.2
+                log.warning(
+                    f"store unavailable, resuming from the checkpoint in {delay:.1f}s",
+                    extra={"projection": self._projection.checkpoint_name, "error": exc.message},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+
+    async def _follow(self) -> None:
+        """Apply batches from the stored checkpoint on; a cancellation never splits a batch."""
         name = self._projection.checkpoint_name
         self.position = await self._views.checkpoint(name)
         log.info("projection starting", extra={"projection": name, "position": self.position})

@@ -34,6 +34,14 @@ def connect(path: Path, *, synchronous: Synchronous) -> sqlite3.Connection:
     return conn
 
 
+OUTAGE_MESSAGES = ("locked", "busy", "unable to open", "disk i/o", "readonly", "full")
+
+
+def _is_outage(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return any(message in text for message in OUTAGE_MESSAGES)
+
+
 class SqliteThreads:
     """One writer thread and a pool of reader threads, each with its own connection."""
 
@@ -66,6 +74,8 @@ class SqliteThreads:
         try:
             return await loop.run_in_executor(pool, lambda: fn(self._connection()))
         except sqlite3.OperationalError as exc:
+            if not _is_outage(exc):
+                raise  # a bug (no such table, bad SQL): never disguised as a retryable outage
             raise Unavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
-from ledger.errors import WrongExpectedVersion
+from ledger.errors import Unavailable, WrongExpectedVersion
 from ledger.eventstore.port import (
     ANY_VERSION,
     NO_STREAM,
@@ -148,24 +148,28 @@ class SqliteEventStore:
         self._path = path
         self._poll_interval = poll_interval
         self._threads: SqliteThreads | None = None
-        self._queue: asyncio.Queue[_PendingAppend] | None = None
+        self._queue: asyncio.Queue[_PendingAppend | None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def _db(self) -> SqliteThreads:
         if self._threads is None:
-            raise RuntimeError("event store is not open")
+            raise Unavailable("the event store is not open")
         return self._threads
 
     async def open(self) -> None:
         self._threads = SqliteThreads(self._path, synchronous="FULL")
         await self._db.write(lambda conn: conn.executescript(SCHEMA))
         self._queue = asyncio.Queue()
+        self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-event-writer")
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        """Refuse new appends, let every queued one commit and answer, then stop."""
+        if self._writer is not None and self._queue is not None:
+            self._closing = True
+            await self._queue.put(None)
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._threads is not None:
@@ -177,18 +181,26 @@ class SqliteEventStore:
     ) -> AppendResult:
         if not events:
             raise ValueError("an append needs at least one event")
-        if self._queue is None:
-            raise RuntimeError("event store is not open")
+        if self._queue is None or self._closing:
+            raise Unavailable("the event store is not open")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         await self._queue.put(_PendingAppend(stream, events, expected_version, future))
         return await future
 
     async def _write_loop(self) -> None:
         assert self._queue is not None
-        while True:
-            group = [await self._queue.get()]
+        closing = False
+        while not closing:
+            first = await self._queue.get()
+            if first is None:
+                return
+            group = [first]
             while not self._queue.empty() and len(group) < MAX_GROUP:
-                group.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is None:
+                    closing = True
+                    break
+                group.append(item)
             try:
                 outcomes = await self._db.write(functools.partial(_commit_group, group=group))
             except Exception as exc:  # the whole transaction failed: fail every caller

@@ -6,12 +6,14 @@ changed them; the indexes a context declares become expression indexes on the JS
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ledger.errors import Unavailable
 from ledger.sqlite_support import SqliteThreads
 from ledger.views.port import (
     KEY,
@@ -55,6 +57,22 @@ def _schema(collection: Collection) -> str:
     return "\n".join(statements)
 
 
+@functools.lru_cache(maxsize=256)
+def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
+    """Insert, or set just these fields, unless the document is already at that position.
+
+    json_set with the `->` operator keeps JSON types (null and booleans included),
+    unlike json_patch, which would delete a field set to null.
+    """
+    updates = ", ".join(f"'$.{check_field_name(f)}', excluded.doc -> '$.{f}'" for f in fields)
+    new_doc = f"json_set(doc, {updates})" if fields else "doc"
+    return (
+        f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?, ?, ?)"
+        f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position"
+        " WHERE excluded.position > position"
+    )
+
+
 def _document(key: str, raw: str) -> Document:
     doc: Document = json.loads(raw)
     doc[KEY] = key
@@ -69,7 +87,7 @@ class SqliteViewStore:
     @property
     def _db(self) -> SqliteThreads:
         if self._threads is None:
-            raise RuntimeError("view store is not open")
+            raise Unavailable("the view store is not open")
         return self._threads
 
     async def open(self, collections: Sequence[Collection]) -> None:
@@ -92,9 +110,7 @@ class SqliteViewStore:
             try:
                 for op in upserts:
                     conn.execute(
-                        f"INSERT INTO {_table(op.collection)} (key, position, doc) VALUES (?, ?, ?)"
-                        " ON CONFLICT (key) DO UPDATE SET doc = json_patch(doc, excluded.doc),"
-                        " position = excluded.position WHERE excluded.position > position",
+                        _upsert_sql(op.collection, tuple(op.fields)),
                         (op.key, op.position, json.dumps(op.fields, separators=(",", ":"))),
                     )
                 conn.execute(
