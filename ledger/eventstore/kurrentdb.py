@@ -1,0 +1,376 @@
+"""The production event store: EventStoreDB / KurrentDB through kurrentdbclient's asyncio client.
+
+Mapping to the port:
+- versions are stream revisions; positions are commit positions in $all (a log offset,
+  so strictly increasing and unique per event, but not consecutive);
+- expected versions: NO_STREAM -> StreamState.NO_STREAM, ANY_VERSION -> StreamState.ANY,
+  else the revision; the server refuses a mismatch (WrongExpectedVersion);
+- retries are idempotent because event ids come from the caller: the server deduplicates
+  ids at the same place in the same stream and answers with the original position. It
+  does not refuse the same ids elsewhere (another stream, or after the stream moved on
+  with an exact expected version equal to the current one): ids are per stream there;
+- subscriptions read $all filtered by stream name (which also keeps out the server's
+  own $-prefixed streams), with checkpoints, so a consumer's stored position moves past
+  events it does not want; a dropped subscription is resumed after the last position
+  handed out, with backoff, never repeating or skipping an event.
+
+Connectivity failures (node down, deadline exceeded, no leader) become Unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Final, NoReturn
+from urllib.parse import urlsplit
+
+from kurrentdbclient import AsyncKurrentDBClient, StreamState
+from kurrentdbclient import NewEvent as KurrentNewEvent
+from kurrentdbclient import RecordedEvent as KurrentRecordedEvent
+from kurrentdbclient.connection_spec import ConnectionSpec
+from kurrentdbclient.exceptions import (
+    AbortedByServerError,
+    DeadlineExceededError,
+    DiscoveryFailedError,
+    GrpcError,
+    KurrentDBClientError,
+    NodeIsNotLeaderError,
+    NotFoundError,
+    ProgrammingError,
+    WrongCurrentVersionError,
+)
+
+from ledger.errors import Unavailable, WrongExpectedVersion
+from ledger.eventstore.port import (
+    ANY_VERSION,
+    NO_STREAM,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    SubscriptionBatch,
+)
+
+log = logging.getLogger("ledger.eventstore.kurrentdb")
+
+CONTENT_TYPE: Final = "application/json"
+EPOCH: Final = datetime.fromtimestamp(0, UTC)
+PROBE_STREAM: Final = "ledger-connection-check"
+"""Read (never written) by open() to prove the node answers; a user stream, so any user may."""
+USER_STREAMS: Final = r"[^$].*"
+"""Every stream except the server's own ($-prefixed) ones."""
+GRPC_OPTIONS: Final = (
+    # The client replaces its channel when a call finds the node down; with gRPC's global
+    # subchannel pool the new channel would inherit the old one's reconnect backoff
+    # (up to 120 s) and keep failing after the node is back.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+MAX_BATCH: Final = 500
+LOCATE_PAGE: Final = 64
+
+TRANSIENT: Final = (
+    GrpcError,  # ServiceUnavailableError, GrpcDeadlineExceededError, CancelledError, ...
+    DeadlineExceededError,
+    DiscoveryFailedError,
+    NodeIsNotLeaderError,
+    AbortedByServerError,  # ConsumerTooSlowError, "server is busy"
+)
+"""Failures that say nothing about the request itself: retrying later may succeed."""
+
+
+class KurrentDBEventStore:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        deadline: float = 10.0,
+        max_backoff: float = 5.0,
+        window_size: int = 32,
+        checkpoint_interval_multiplier: int = 5,
+    ) -> None:
+        """`uri`: a kurrentdbclient connection string; ValueError if malformed.
+
+        `deadline` bounds every call but a subscription; a subscription that drops is
+        resumed after 0.1 s, doubling up to `max_backoff`. The server sends a checkpoint
+        every `window_size * checkpoint_interval_multiplier` events it filtered.
+        """
+        try:
+            spec = ConnectionSpec(uri)  # validates now, so a bad setting fails at start-up
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(uri, _redacted(uri))) from None
+        self._uri = uri
+        self._where = ",".join(spec.targets)
+        self._deadline = deadline
+        self._max_backoff = max_backoff
+        self._window_size = window_size
+        self._checkpoint_multiplier = checkpoint_interval_multiplier
+        self._client: AsyncKurrentDBClient | None = None
+
+    @property
+    def _db(self) -> AsyncKurrentDBClient:
+        if self._client is None:
+            raise RuntimeError("event store is not open")
+        return self._client
+
+    def _unavailable(self, exc: BaseException) -> NoReturn:
+        reason = str(exc) or type(exc).__name__
+        raise Unavailable(f"KurrentDB at {self._where} unavailable: {reason}") from exc
+
+    async def open(self) -> None:
+        await self.close()
+        client = AsyncKurrentDBClient(self._uri)
+        client.grpc_options = (*client.grpc_options, *GRPC_OPTIONS)
+        try:
+            await client.connect()
+            # A single-node URI connects lazily: one small read proves the node answers.
+            await client.get_current_version(PROBE_STREAM, timeout=self._deadline)
+        except TRANSIENT as exc:
+            await _close_quietly(client)
+            self._unavailable(exc)
+        except BaseException:
+            await _close_quietly(client)
+            raise
+        self._client = client
+        log.info("event store open", extra={"kurrentdb": self._where})
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _close_quietly(client)
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int
+    ) -> AppendResult:
+        if not events:
+            raise ValueError("an append needs at least one event")
+        if expected_version < ANY_VERSION:
+            raise ValueError(f"expected_version {expected_version} is not a version")
+        current: int | StreamState
+        if expected_version == NO_STREAM:
+            current = StreamState.NO_STREAM
+        elif expected_version == ANY_VERSION:
+            current = StreamState.ANY
+        else:
+            current = expected_version
+        new_events = [
+            KurrentNewEvent(
+                type=e.type,
+                data=e.data,
+                metadata=e.metadata,
+                content_type=CONTENT_TYPE,
+                id=e.event_id,
+            )
+            for e in events
+        ]
+        try:
+            position = await self._db.append_to_stream(
+                stream, events=new_events, current_version=current, timeout=self._deadline
+            )
+            if expected_version != ANY_VERSION and position > 0:
+                # Written after `expected_version`, or found there already (a retry).
+                return AppendResult(expected_version + len(events), position)
+            return await self._locate(stream, events[-1], position)
+        except WrongCurrentVersionError as exc:
+            actual = exc.actual_version
+            raise WrongExpectedVersion(
+                stream, expected_version, actual if isinstance(actual, int) else NO_STREAM
+            ) from None
+        except TRANSIENT as exc:
+            self._unavailable(exc)
+
+    async def _locate(self, stream: str, last: NewEvent, position: int) -> AppendResult:
+        """Where the append's last event is, read back from the end of the stream.
+
+        Needed for ANY_VERSION, whose revision the server does not report to this client,
+        and if a server answered without a position. Later appends by others only push
+        the event further back, so this pages backwards until it finds it.
+        """
+        revision: int | None = None
+        while revision is None or revision >= 0:
+            page = await self._db.get_stream(
+                stream,
+                stream_position=revision,
+                backwards=True,
+                limit=LOCATE_PAGE,
+                timeout=self._deadline,
+            )
+            for recorded in page:
+                if recorded.id == last.event_id:
+                    return AppendResult(
+                        recorded.stream_position, position or recorded.commit_position
+                    )
+            if len(page) < LOCATE_PAGE:
+                break
+            revision = page[-1].stream_position - 1
+        raise RuntimeError(f"appended event {last.event_id} is not in stream {stream!r}")
+
+    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
+        try:
+            recorded = await self._db.get_stream(
+                stream, stream_position=max(from_version, 0), timeout=self._deadline
+            )
+        except NotFoundError:
+            return []
+        except TRANSIENT as exc:
+            self._unavailable(exc)
+        return [_to_port(r) for r in recorded]
+
+    async def head_position(self) -> int:
+        """Position of the last event outside the server's own $-streams (0 if none)."""
+        try:
+            return await self._last_position_before(None, USER_STREAMS)
+        except TRANSIENT as exc:
+            self._unavailable(exc)
+
+    async def _last_position_before(self, position: int | None, streams: str | None) -> int:
+        """Commit position of the last event (in `streams`, a regex) before `position`."""
+        response = await self._db.read_all(
+            commit_position=position,
+            backwards=True,
+            filter_include=() if streams is None else (streams,),
+            filter_exclude=(),
+            filter_by_stream_name=True,
+            limit=2,
+            timeout=self._deadline,
+        )
+        async with response:
+            async for recorded in response:
+                if position is None or recorded.commit_position < position:
+                    return recorded.commit_position
+        return 0
+
+    async def subscribe(
+        self, after_position: int, *, stream_prefixes: Sequence[str] = ()
+    ) -> AsyncIterator[SubscriptionBatch]:
+        """Catch up after `after_position`, then follow; resubscribes when dropped.
+
+        A checkpoint from the server becomes an empty batch at the position of the last
+        event *before* the checkpoint: some server versions hand out the end of the log
+        as a checkpoint, where the next event will be written, and resuming after that
+        would skip it (KurrentDB issue #4970).
+        """
+        pattern = _streams_regex(stream_prefixes)
+        last = after_position
+        backoff = 0.1
+        while True:
+            items: asyncio.Queue[KurrentRecordedEvent | BaseException] = asyncio.Queue(MAX_BATCH)
+            try:
+                subscription = await self._db.subscribe_to_all(
+                    commit_position=last or None,
+                    filter_include=(pattern,),
+                    filter_by_stream_name=True,
+                    include_checkpoints=True,
+                    window_size=self._window_size,
+                    checkpoint_interval_multiplier=self._checkpoint_multiplier,
+                )
+            except TRANSIENT as exc:
+                backoff = await self._pause(exc, last, backoff)
+                continue
+            pump = asyncio.create_task(_pump(subscription, items), name="kurrentdb-subscription")
+            try:
+                while True:
+                    taken = [await items.get()]
+                    while not items.empty() and len(taken) < MAX_BATCH:
+                        taken.append(items.get_nowait())
+                    # The pump ends with the failure, so whatever came before it still counts.
+                    failure = next((i for i in taken if isinstance(i, BaseException)), None)
+                    received = [i for i in taken if isinstance(i, KurrentRecordedEvent)]
+                    batch = await self._batch(received, last)
+                    if batch is not None:
+                        yield batch
+                        last = batch.position
+                        backoff = 0.1
+                    if failure is not None:
+                        raise failure
+            except TRANSIENT as exc:  # dropped, or reading a checkpoint's position back failed
+                backoff = await self._pause(exc, last, backoff)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+                with contextlib.suppress(Exception):
+                    await subscription.stop()
+
+    async def _batch(
+        self, received: list[KurrentRecordedEvent], last: int
+    ) -> SubscriptionBatch | None:
+        events: list[RecordedEvent] = []
+        position = last
+        for item in received:
+            if item.commit_position <= position:
+                continue  # already handed out (a resubscription overlaps) or stale
+            if item.is_checkpoint:
+                position = max(position, await self._checkpoint_position(item.commit_position))
+            else:
+                events.append(_to_port(item))
+                position = item.commit_position
+        if position <= last:
+            return None
+        return SubscriptionBatch(tuple(events), position)
+
+    async def _checkpoint_position(self, checkpoint: int) -> int:
+        """The last event before a checkpoint: a position that is safe to resume after."""
+        try:
+            return await self._last_position_before(checkpoint, None)
+        except TRANSIENT:
+            raise
+        except KurrentDBClientError as exc:  # e.g. a server that cannot read from there
+            log.warning("checkpoint ignored", extra={"checkpoint": checkpoint, "error": str(exc)})
+            return 0
+
+    async def _pause(self, exc: BaseException, last: int, backoff: float) -> float:
+        log.warning(
+            f"subscription dropped, resubscribing in {backoff:.1f}s",
+            extra={"kurrentdb": self._where, "after_position": last, "error": str(exc)},
+        )
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, self._max_backoff)
+
+
+async def _pump(
+    subscription: AsyncIterator[KurrentRecordedEvent],
+    items: asyncio.Queue[KurrentRecordedEvent | BaseException],
+) -> None:
+    """Moves what the subscription receives into `items`, ending with the failure."""
+    try:
+        async for item in subscription:
+            await items.put(item)
+        raise GrpcError("the server ended the subscription")
+    except Exception as exc:
+        await items.put(exc)
+
+
+def _streams_regex(prefixes: Sequence[str]) -> str:
+    """One anchored-by-the-client alternative: `^(?:p1|p2).*$`, never a $-stream."""
+    if not prefixes:
+        return USER_STREAMS
+    escaped = "|".join(re.escape(p) for p in prefixes)
+    return f"(?!\\$)(?:{escaped}).*"
+
+
+def _redacted(uri: str) -> str:
+    """The URI without its password, fit for an error message or a log."""
+    password = urlsplit(uri).password
+    return uri.replace(f":{password}@", ":***@") if password else uri
+
+
+def _to_port(recorded: KurrentRecordedEvent) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=recorded.id,
+        stream=recorded.stream_name,
+        version=recorded.stream_position,
+        position=recorded.commit_position,
+        type=recorded.type,
+        data=bytes(recorded.data),
+        metadata=bytes(recorded.metadata),
+        recorded_at=recorded.recorded_at or EPOCH,  # a server always sends "created"
+    )
+
+
+async def _close_quietly(client: AsyncKurrentDBClient) -> None:
+    with contextlib.suppress(ProgrammingError, KurrentDBClientError, AttributeError):
+        await client.close()

@@ -1,0 +1,208 @@
+"""The SQLite event store against the port contract, plus what only a file can show."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ledger.errors import Unavailable, WrongExpectedVersion
+from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent
+from ledger.eventstore.sqlite import SqliteEventStore
+from tests.contract.event_store_contract import (
+    EventStoreContract,
+    collect,
+    event,
+    events,
+    subscription,
+    unique,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "events.sqlite3"
+
+
+class TestSqliteEventStore(EventStoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[EventStore]:
+        store = SqliteEventStore(db_path(tmp_path))
+        await store.open()
+        yield store
+        await store.close()
+
+    @pytest.fixture
+    async def other_store(self, tmp_path: Path) -> AsyncIterator[EventStore | None]:
+        store = SqliteEventStore(db_path(tmp_path))
+        await store.open()
+        yield store
+        await store.close()
+
+    # Stricter than the port (and than EventStoreDB, which dedupes ids per stream and
+    # only where the retried append would land): ids are unique in the whole file.
+
+    async def test_the_same_ids_at_another_version_are_refused(self, store: EventStore) -> None:
+        stream = unique()
+        new = events(1)
+        await store.append(stream, new, NO_STREAM)
+        with pytest.raises(WrongExpectedVersion):
+            await store.append(stream, new, 0)
+        assert len(await store.read_stream(stream)) == 1
+
+    async def test_the_same_ids_in_another_stream_are_refused(self, store: EventStore) -> None:
+        stream, other = unique(), unique()
+        new = events(2)
+        await store.append(stream, new, NO_STREAM)
+        with pytest.raises(WrongExpectedVersion):
+            await store.append(other, new, NO_STREAM)
+        assert await store.read_stream(other) == []
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteEventStore]:
+    store = SqliteEventStore(db_path(tmp_path))
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_an_empty_log_has_head_position_zero(sqlite_store: SqliteEventStore) -> None:
+    assert await sqlite_store.head_position() == 0
+    result = await sqlite_store.append(unique(), events(1), NO_STREAM)
+    assert result.position >= 1
+    assert await sqlite_store.head_position() == result.position
+
+
+async def test_an_empty_append_is_refused(sqlite_store: SqliteEventStore) -> None:
+    with pytest.raises(ValueError, match="at least one event"):
+        await sqlite_store.append(unique(), [], NO_STREAM)
+    assert await sqlite_store.head_position() == 0
+
+
+async def test_arbitrary_bytes_round_trip(sqlite_store: SqliteEventStore) -> None:
+    stream = unique()
+    data, metadata = bytes(range(256)), b"\x00\xff\xfe"
+    await sqlite_store.append(stream, [NewEvent(uuid.uuid4(), "V1.Raw", data, metadata)], -1)
+    (got,) = await sqlite_store.read_stream(stream)
+    assert (got.data, got.metadata) == (data, metadata)
+
+
+async def test_events_survive_a_reopen(tmp_path: Path) -> None:
+    stream = unique()
+    new = events(3)
+    store = SqliteEventStore(db_path(tmp_path))
+    await store.open()
+    try:
+        result = await store.append(stream, new, NO_STREAM)
+    finally:
+        await store.close()
+    reopened = SqliteEventStore(db_path(tmp_path))
+    await reopened.open()
+    try:
+        recorded = await reopened.read_stream(stream)
+        assert [r.event_id for r in recorded] == [e.event_id for e in new]
+        assert await reopened.head_position() == result.position
+        assert await reopened.append(stream, new, NO_STREAM) == result
+        with pytest.raises(WrongExpectedVersion):
+            await reopened.append(stream, events(1), 1)
+    finally:
+        await reopened.close()
+
+
+async def test_a_closed_store_refuses_to_append(tmp_path: Path) -> None:
+    store = SqliteEventStore(db_path(tmp_path))
+    with pytest.raises(Unavailable, match="not open"):
+        await store.append(unique(), events(1), NO_STREAM)
+
+
+async def test_close_resolves_every_append_in_flight(tmp_path: Path) -> None:
+    store = SqliteEventStore(db_path(tmp_path))
+    await store.open()
+    streams = [unique() for _ in range(50)]
+    appends = [asyncio.create_task(store.append(s, events(1), NO_STREAM)) for s in streams]
+    await asyncio.sleep(0)  # let them queue
+    await store.close()
+    _, pending = await asyncio.wait(appends, timeout=5)  # bounds a hang; not a timing check
+    for task in pending:
+        task.cancel()
+    assert not pending, f"{len(pending)} appends never returned"
+    reopened = SqliteEventStore(db_path(tmp_path))
+    await reopened.open()
+    try:
+        for s, task in zip(streams, appends, strict=True):
+            if task.exception() is None:  # acknowledged: it must be in the log
+                assert len(await reopened.read_stream(s)) == 1
+    finally:
+        await reopened.close()
+
+
+async def test_more_concurrent_appends_than_one_group_all_land(
+    sqlite_store: SqliteEventStore,
+) -> None:
+    streams = [unique() for _ in range(600)]
+    results = await asyncio.gather(*(sqlite_store.append(s, events(1), NO_STREAM) for s in streams))
+    assert all(r.version == 0 for r in results)
+    assert len({r.position for r in results}) == 600
+    assert await sqlite_store.head_position() == max(r.position for r in results)
+    for s, r in zip(streams[::97], results[::97], strict=True):
+        (recorded,) = await sqlite_store.read_stream(s)
+        assert recorded.position == r.position
+
+
+APPEND_FROM_ANOTHER_PROCESS = """
+import asyncio, sys, uuid
+from pathlib import Path
+from ledger.eventstore.port import NO_STREAM, NewEvent
+from ledger.eventstore.sqlite import SqliteEventStore
+
+async def main() -> None:
+    store = SqliteEventStore(Path(sys.argv[1]))
+    await store.open()
+    try:
+        new = NewEvent(uuid.UUID(sys.argv[3]), "V1.Remote", b'{"from":"child"}', b"{}")
+        result = await store.append(sys.argv[2], [new], NO_STREAM)
+        print(result.position)
+    finally:
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_subscription_sees_another_process_append_live(
+    sqlite_store: SqliteEventStore, tmp_path: Path
+) -> None:
+    prefix = unique()
+    first = await sqlite_store.append(f"{prefix}-local", [event()], NO_STREAM)
+    remote_id = uuid.uuid4()
+    async with subscription(sqlite_store, first.position - 1, [prefix]) as batches:
+        (caught_up,) = await collect(batches, 1, prefix)
+        assert caught_up.position == first.position
+        waiting = asyncio.create_task(collect(batches, 1, prefix))
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            APPEND_FROM_ANOTHER_PROCESS,
+            str(db_path(tmp_path)),
+            f"{prefix}-remote",
+            str(remote_id),
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+        assert child.returncode == 0, err.decode()
+        (got,) = await waiting
+    assert got.event_id == remote_id
+    assert got.stream == f"{prefix}-remote"
+    assert (got.type, got.data) == ("V1.Remote", b'{"from":"child"}')
+    assert got.position == int(out.decode().strip())
+    assert got.position > first.position

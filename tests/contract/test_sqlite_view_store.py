@@ -1,0 +1,118 @@
+"""The SQLite view store against the port contract, plus its transactional guarantees."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ledger.views.port import KEY, Checkpoint, Upsert, ViewStore
+from ledger.views.sqlite import SqliteViewStore
+from tests.contract.view_store_contract import Names, ViewStoreContract
+
+
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "views.sqlite3"
+
+
+class TestSqliteViewStore(ViewStoreContract):
+    @pytest.fixture
+    async def views(self, tmp_path: Path, names: Names) -> AsyncIterator[ViewStore]:
+        store = SqliteViewStore(db_path(tmp_path))
+        await store.open(names.collections)
+        yield store
+        await store.close()
+
+
+@pytest.fixture
+def names() -> Names:
+    return Names.fresh()
+
+
+@pytest.fixture
+async def views(tmp_path: Path, names: Names) -> AsyncIterator[SqliteViewStore]:
+    store = SqliteViewStore(db_path(tmp_path))
+    await store.open(names.collections)
+    yield store
+    await store.close()
+
+
+async def start(views: SqliteViewStore, names: Names) -> str:
+    cp = names.checkpoint("projector")
+    await views.apply(
+        [Upsert(names.people, "k1", {"a": 1}, 10), Upsert(names.other, "k2", {"b": 1}, 10)],
+        Checkpoint(cp, 10),
+    )
+    return cp
+
+
+async def assert_unchanged(views: SqliteViewStore, names: Names, cp: str) -> None:
+    assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1}
+    assert await views.get(names.other, "k2") == {KEY: "k2", "b": 1}
+    assert await views.get(names.people, "k3") is None
+    assert await views.checkpoint(cp) == 10
+
+
+async def test_a_batch_with_an_undeclared_collection_changes_nothing(
+    views: SqliteViewStore, names: Names
+) -> None:
+    cp = await start(views, names)
+    batch = [
+        Upsert(names.people, "k1", {"a": 2}, 11),
+        Upsert(names.people, "k3", {"c": 1}, 11),
+        Upsert("never_declared", "k9", {"x": 1}, 12),
+        Upsert(names.other, "k2", {"b": 2}, 12),
+    ]
+    # a programming error, not an outage: never disguised as a retryable Unavailable
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await views.apply(batch, Checkpoint(cp, 12))
+    await assert_unchanged(views, names, cp)
+
+
+async def test_a_batch_with_an_invalid_collection_name_changes_nothing(
+    views: SqliteViewStore, names: Names
+) -> None:
+    cp = await start(views, names)
+    batch = [
+        Upsert(names.people, "k1", {"a": 2}, 11),
+        Upsert('x"; DROP TABLE checkpoints; --', "k9", {"x": 1}, 12),
+    ]
+    with pytest.raises(ValueError, match="invalid view field name"):
+        await views.apply(batch, Checkpoint(cp, 12))
+    await assert_unchanged(views, names, cp)
+
+
+async def test_documents_and_checkpoints_survive_a_reopen(tmp_path: Path, names: Names) -> None:
+    store = SqliteViewStore(db_path(tmp_path))
+    await store.open(names.collections)
+    try:
+        cp = names.checkpoint("projector")
+        await store.apply([Upsert(names.people, "k1", {"a": 1}, 4)], Checkpoint(cp, 4))
+    finally:
+        await store.close()
+    reopened = SqliteViewStore(db_path(tmp_path))
+    await reopened.open(names.collections)  # declaring again is harmless
+    try:
+        assert await reopened.get(names.people, "k1") == {KEY: "k1", "a": 1}
+        assert await reopened.checkpoint(cp) == 4
+        await reopened.apply([Upsert(names.people, "k1", {"a": 9}, 4)], Checkpoint(cp, 4))
+        assert await reopened.get(names.people, "k1") == {KEY: "k1", "a": 1}
+    finally:
+        await reopened.close()
+
+
+async def test_checkpoints_record_an_aware_update_time(
+    views: SqliteViewStore, names: Names
+) -> None:
+    cp = names.checkpoint("projector")
+    await views.apply([], Checkpoint(cp, 1))
+    (stored,) = [c for c in await views.checkpoints() if c.name == cp]
+    assert stored.position == 1
+    assert stored.updated_at is not None
+    assert stored.updated_at.utcoffset() is not None
+
+
+async def test_an_empty_store_lists_no_checkpoints(views: SqliteViewStore) -> None:
+    assert await views.checkpoints() == []

@@ -1,0 +1,248 @@
+"""The view store port's contract: every adapter subclasses `ViewStoreContract`.
+
+    class TestSqliteViewStore(ViewStoreContract):
+        @pytest.fixture
+        async def views(self, tmp_path: Path, names: Names) -> AsyncIterator[ViewStore]:
+            store = SqliteViewStore(tmp_path / "views.sqlite3")
+            await store.open(names.collections)
+            yield store
+            await store.close()
+
+`names` gives every test fresh collection and checkpoint names, so an adapter backed
+by a shared, long-lived server passes too (and tests never see each other's data).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from ledger.views.port import KEY, Checkpoint, Collection, Index, Scalar, Upsert, ViewStore
+
+
+@dataclass(frozen=True)
+class Names:
+    """Unique names for one test: two collections and a checkpoint prefix."""
+
+    people: str
+    other: str
+    checkpoint_prefix: str
+
+    @classmethod
+    def fresh(cls) -> Names:
+        run = uuid.uuid4().hex[:16]
+        return cls(people=f"people_{run}", other=f"other_{run}", checkpoint_prefix=f"cp-{run}-")
+
+    @property
+    def collections(self) -> tuple[Collection, ...]:
+        return (
+            Collection(self.people, (Index(("status", KEY)), Index(("team", "seq")))),
+            Collection(self.other),
+        )
+
+    def checkpoint(self, name: str) -> str:
+        return f"{self.checkpoint_prefix}{name}"
+
+
+PEOPLE: list[tuple[str, dict[str, Scalar]]] = [
+    # key, fields: status and team are filters; seq orders numerically (10 after 9)
+    ("p1", {"name": "Ada", "status": "OPEN", "team": "red", "seq": 10, "vip": True}),
+    ("p2", {"name": "Bob", "status": "CLOSED", "team": "red", "seq": 2, "vip": False}),
+    ("p3", {"name": "Zoë", "status": "OPEN", "team": "blue", "seq": 9, "vip": False}),
+    ("p4", {"name": "Dan", "status": "OPEN", "team": "red", "seq": 1, "vip": True}),
+    ("p5", {"name": "Eve", "status": "OPEN", "team": "red", "seq": 30, "vip": False}),
+]
+
+
+class ViewStoreContract:
+    """Semantics of ledger.views.port.ViewStore."""
+
+    @pytest.fixture
+    def names(self) -> Names:
+        return Names.fresh()
+
+    @pytest.fixture
+    def views(self, tmp_path: Path, names: Names) -> ViewStore:
+        raise NotImplementedError("an adapter's test class yields a store opened on `names`")
+
+    async def seed(self, views: ViewStore, names: Names) -> None:
+        upserts = [
+            Upsert(names.people, key, fields, position)
+            for position, (key, fields) in enumerate(PEOPLE, start=1)
+        ]
+        await views.apply(upserts, Checkpoint(names.checkpoint("seed"), len(PEOPLE)))
+
+    # Upserts
+
+    async def test_an_upsert_creates_a_document(self, views: ViewStore, names: Names) -> None:
+        fields: dict[str, Scalar] = {
+            "name": "Ada",
+            "balance": 2**63 - 1,
+            "vip": True,
+            "note": "Zoë ✓",
+        }
+        await views.apply(
+            [Upsert(names.people, "k1", fields, 10)], Checkpoint(names.checkpoint("a"), 10)
+        )
+        assert await views.get(names.people, "k1") == {KEY: "k1", **fields}
+
+    async def test_an_upsert_merges_fields_into_a_document(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        cp = names.checkpoint("a")
+        await views.apply([Upsert(names.people, "k1", {"a": 1, "b": 2}, 10)], Checkpoint(cp, 10))
+        await views.apply([Upsert(names.people, "k1", {"b": 3, "c": 4}, 11)], Checkpoint(cp, 11))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1, "b": 3, "c": 4}
+
+    async def test_an_upsert_can_set_a_field_to_null(self, views: ViewStore, names: Names) -> None:
+        cp = names.checkpoint("a")
+        await views.apply([Upsert(names.people, "k1", {"a": 1, "b": None}, 10)], Checkpoint(cp, 10))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1, "b": None}
+        await views.apply([Upsert(names.people, "k1", {"a": None}, 11)], Checkpoint(cp, 11))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": None, "b": None}
+
+    async def test_an_upsert_at_an_old_or_equal_position_changes_nothing(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        cp = names.checkpoint("a")
+        await views.apply([Upsert(names.people, "k1", {"a": 1}, 10)], Checkpoint(cp, 10))
+        await views.apply([Upsert(names.people, "k1", {"a": 2, "x": 1}, 10)], Checkpoint(cp, 10))
+        await views.apply([Upsert(names.people, "k1", {"a": 3, "y": 1}, 9)], Checkpoint(cp, 10))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1}
+        await views.apply([Upsert(names.people, "k1", {"a": 4}, 11)], Checkpoint(cp, 11))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": 4}
+
+    async def test_one_batch_can_change_a_document_twice(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        upserts = [
+            Upsert(names.people, "k1", {"a": 1, "b": 1}, 10),
+            Upsert(names.people, "k1", {"b": 2}, 11),
+            Upsert(names.other, "k1", {"z": 0}, 11),
+        ]
+        await views.apply(upserts, Checkpoint(names.checkpoint("a"), 11))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1, "b": 2}
+        assert await views.get(names.other, "k1") == {KEY: "k1", "z": 0}
+
+    async def test_collections_are_separate(self, views: ViewStore, names: Names) -> None:
+        await views.apply(
+            [Upsert(names.people, "k1", {"a": 1}, 10)], Checkpoint(names.checkpoint("a"), 10)
+        )
+        assert await views.get(names.other, "k1") is None
+
+    async def test_get_a_missing_document_is_none(self, views: ViewStore, names: Names) -> None:
+        assert await views.get(names.people, "nobody") is None
+
+    # Checkpoints
+
+    async def test_an_unknown_checkpoint_is_zero(self, views: ViewStore, names: Names) -> None:
+        assert await views.checkpoint(names.checkpoint("never")) == 0
+
+    async def test_apply_moves_the_checkpoint_forward_only(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        cp = names.checkpoint("a")
+        await views.apply([], Checkpoint(cp, 5))
+        assert await views.checkpoint(cp) == 5
+        await views.apply([], Checkpoint(cp, 3))
+        assert await views.checkpoint(cp) == 5
+        await views.apply([], Checkpoint(cp, 5))
+        assert await views.checkpoint(cp) == 5
+        await views.apply([Upsert(names.people, "k", {"a": 1}, 7)], Checkpoint(cp, 7))
+        assert await views.checkpoint(cp) == 7
+
+    async def test_checkpoints_are_independent_and_listed(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        a, b = names.checkpoint("a"), names.checkpoint("b")
+        await views.apply([], Checkpoint(a, 12))
+        await views.apply([], Checkpoint(b, 3))
+        assert (await views.checkpoint(a), await views.checkpoint(b)) == (12, 3)
+        mine = {c.name: c for c in await views.checkpoints() if c.name in (a, b)}
+        assert {name: c.position for name, c in mine.items()} == {a: 12, b: 3}
+        for c in mine.values():
+            if c.updated_at is not None:
+                assert isinstance(c.updated_at, datetime)
+                assert c.updated_at.utcoffset() is not None
+
+    # Queries
+
+    async def test_find_with_one_equality_filter(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(names.people, where={"status": "OPEN"}, order_by=KEY, limit=10)
+        assert [d[KEY] for d in found] == ["p1", "p3", "p4", "p5"]
+        assert found[0] == {KEY: "p1", **PEOPLE[0][1]}
+
+    async def test_find_with_several_equality_filters(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(
+            names.people, where={"status": "OPEN", "team": "red"}, order_by=KEY, limit=10
+        )
+        assert [d[KEY] for d in found] == ["p1", "p4", "p5"]
+        vips = await views.find(
+            names.people, where={"team": "red", "vip": True}, order_by=KEY, limit=10
+        )
+        assert [d[KEY] for d in vips] == ["p1", "p4"]
+        by_name = await views.find(names.people, where={"name": "Zoë"}, order_by=KEY, limit=10)
+        assert [d[KEY] for d in by_name] == ["p3"]
+        by_number = await views.find(names.people, where={"seq": 9}, order_by=KEY, limit=10)
+        assert [d[KEY] for d in by_number] == ["p3"]
+
+    async def test_find_nothing(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        assert await views.find(names.people, where={"team": "green"}, order_by=KEY, limit=10) == []
+        assert await views.find(names.other, where={}, order_by=KEY, limit=10) == []
+
+    async def test_find_orders_by_a_field_numerically(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(names.people, where={"team": "red"}, order_by="seq", limit=10)
+        assert [d["seq"] for d in found] == [1, 2, 10, 30]
+        assert [d[KEY] for d in found] == ["p4", "p2", "p1", "p5"]
+
+    async def test_find_without_filters_lists_everything(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed(views, names)
+        found = await views.find(names.people, where={}, order_by=KEY, limit=100)
+        assert [d[KEY] for d in found] == ["p1", "p2", "p3", "p4", "p5"]
+        assert all(KEY in d for d in found)
+
+    async def test_find_limit(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(names.people, where={}, order_by="seq", limit=2)
+        assert [d[KEY] for d in found] == ["p4", "p2"]
+
+    async def test_find_after_a_key(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(
+            names.people, where={"status": "OPEN"}, order_by=KEY, after="p3", limit=10
+        )
+        assert [d[KEY] for d in found] == ["p4", "p5"]
+
+    async def test_find_after_a_field_value(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", after=2, limit=10
+        )
+        assert [d["seq"] for d in found] == [10, 30]
+
+    async def test_keyset_paging_visits_every_match_once(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed(views, names)
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(10):
+            page = await views.find(
+                names.people, where={"status": "OPEN"}, order_by=KEY, after=after, limit=2
+            )
+            if not page:
+                break
+            assert len(page) <= 2
+            seen.extend(d[KEY] for d in page)
+            after = page[-1][KEY]
+        assert seen == ["p1", "p3", "p4", "p5"]
