@@ -9,6 +9,7 @@ import logging
 from ledger.backends import event_store_from_env, view_store_from_env
 from ledger.banking.views import projection
 from ledger.grpc.server import open_with_retry, stop_event_on_signals
+from ledger.healthcheck import heartbeat, heartbeat_path
 from ledger.projection_runner import ProjectionRunner
 from ledger.settings import Env
 
@@ -27,16 +28,22 @@ async def run(env: Env) -> int:
         ):
             return 0
         runner = ProjectionRunner(events, views, projection)
-        task = asyncio.create_task(runner.run(), name="projection")
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            stopper.cancel()
-            task.result()  # surfaces the failure
-            return 1
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+        def status() -> str:
+            return f"position={runner.position} applied={runner.applied}"
+
+        # The container health check reads this file (python -m ledger.healthcheck --projector).
+        async with heartbeat(heartbeat_path(env), status):
+            task = asyncio.create_task(runner.run(), name="projection")
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                stopper.cancel()
+                task.result()  # surfaces the failure
+                return 1
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         log.info(
             "projector stopped", extra={"position": runner.position, "applied": runner.applied}
         )

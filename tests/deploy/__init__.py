@@ -1,0 +1,1 @@
+"""Deployment files: Dockerfile, .dockerignore, docker-compose.yml and the health probe."""
