@@ -7,6 +7,7 @@ at a time anyway) and a small pool of reader threads, each with its own connecti
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Literal, TypeVar
 from ledger.errors import Unavailable
 
 T = TypeVar("T")
+log = logging.getLogger("ledger.sqlite")
 Synchronous = Literal["FULL", "NORMAL"]
 
 
@@ -30,7 +32,9 @@ def connect(path: Path, *, synchronous: Synchronous) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA foreign_keys=ON")
     except (sqlite3.Error, OSError) as exc:
-        raise Unavailable(f"cannot open SQLite database {path}: {exc}") from exc
+        # The path and the cause go to the log; clients only learn that it is unavailable.
+        log.warning("cannot open SQLite database", extra={"path": str(path), "error": str(exc)})
+        raise Unavailable("a SQLite store cannot be opened") from exc
     return conn
 
 
@@ -76,7 +80,10 @@ class SqliteThreads:
         except sqlite3.OperationalError as exc:
             if not _is_outage(exc):
                 raise  # a bug (no such table, bad SQL): never disguised as a retryable outage
-            raise Unavailable(f"SQLite database {self._path} unavailable: {exc}") from exc
+            log.warning(
+                "SQLite store unavailable", extra={"path": str(self._path), "error": str(exc)}
+            )
+            raise Unavailable("a SQLite store is unavailable") from exc
 
     def close(self) -> None:
         self._writer_pool.shutdown(wait=True)

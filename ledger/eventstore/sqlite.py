@@ -159,8 +159,13 @@ class SqliteEventStore:
         return self._threads
 
     async def open(self) -> None:
-        self._threads = SqliteThreads(self._path, synchronous="FULL")
-        await self._db.write(lambda conn: conn.executescript(SCHEMA))
+        threads = SqliteThreads(self._path, synchronous="FULL")
+        try:
+            await threads.write(lambda conn: conn.executescript(SCHEMA))
+        except BaseException:
+            threads.close()  # a retried open must not leak threads and connections
+            raise
+        self._threads = threads
         self._queue = asyncio.Queue()
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-event-writer")

@@ -82,7 +82,10 @@ async def serve(
     grace: float,
 ) -> int:
     """Run until SIGTERM/SIGINT. `start` opens the stores (False: stopped before ready)."""
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    # No SO_REUSEPORT: a second server on a taken port must fail, not share the traffic.
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()], options=[("grpc.so_reuseport", 0)]
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:
@@ -97,9 +100,10 @@ async def serve(
             await health_servicer.set(service_name, status)
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        log.error("cannot bind", extra={"address": f"{host}:{port}"})
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        log.error("cannot bind", extra={"address": f"{host}:{port}", "error": str(exc)})
         return 1
     stopping = stop_event_on_signals()
     await server.start()

@@ -93,9 +93,14 @@ class SqliteViewStore:
     async def open(self, collections: Sequence[Collection]) -> None:
         # NORMAL is enough here: in WAL mode it never corrupts or half-applies a
         # transaction, and views lost to a power cut are rebuilt from the log.
-        self._threads = SqliteThreads(self._path, synchronous="NORMAL", readers=4)
+        threads = SqliteThreads(self._path, synchronous="NORMAL", readers=4)
         script = CHECKPOINTS + "\n".join(_schema(c) for c in collections)
-        await self._db.write(lambda conn: conn.executescript(script))
+        try:
+            await threads.write(lambda conn: conn.executescript(script))
+        except BaseException:
+            threads.close()  # a retried open must not leak threads and connections
+            raise
+        self._threads = threads
 
     async def close(self) -> None:
         if self._threads is not None:
