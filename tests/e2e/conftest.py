@@ -4,7 +4,8 @@
 uuid-named accounts and owners); tests that restart or kill processes use `make_stack`
 for stacks of their own. Both are parametrized by `backend`: every entry of BACKENDS
 (the embedded stores, and each production adapter on its stand-in) unless
-LEDGER_E2E_BACKENDS (comma-separated names) picks some. A failing test shows the logs of the processes it used.
+LEDGER_E2E_BACKENDS (comma-separated names) picks some. A failing test shows the logs
+of the processes it used.
 """
 
 from __future__ import annotations
