@@ -1,7 +1,7 @@
 # Sourced by run.sh and test.sh: make .venv with the project installed.
-# Usage: . scripts/bootstrap.sh EXTRAS   (EXTRAS like "" or "[dev,kurrentdb,mongodb]")
+# Usage: EXTRAS="[dev,kurrentdb,mongodb]"; . scripts/bootstrap.sh   (POSIX `.` takes no arguments)
 set -eu
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"  # $0 is the calling script in scripts/
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -17,4 +17,4 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$1"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRAS:-}"

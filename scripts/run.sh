@@ -1,5 +1,6 @@
 #!/bin/sh
 # Install Ledger into .venv and run command server, projector and query server together
 # on the embedded SQLite stores. Ctrl-C stops all three.
-. "$(dirname "$0")/bootstrap.sh" ""
+EXTRAS=""
+. "$(dirname "$0")/bootstrap.sh"
 exec .venv/bin/ledger-local

@@ -2,7 +2,8 @@
 # Install everything the tests need and run the whole suite: generated code is fresh,
 # buf lint, ruff, mypy --strict, then pytest (domain, contract suites on every adapter,
 # gRPC, end-to-end with real processes, deployment files).
-. "$(dirname "$0")/bootstrap.sh" "[dev,kurrentdb,mongodb]"
+EXTRAS="[dev,kurrentdb,mongodb]"
+. "$(dirname "$0")/bootstrap.sh"
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "== installing Node.js and npm (for the buf CLI)"
