@@ -6,14 +6,20 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ledger.banking.views import ACCOUNTS, TRANSACTIONS
+from ledger.banking.views import (
+    ACCOUNT_TRANSFERS,
+    ACCOUNTS,
+    TRANSACTIONS,
+    TRANSFER_ORDER,
+    TRANSFERS,
+)
 from ledger.banking.views import projection as banking
 from ledger.consistency import CheckpointFollower
 from ledger.domain.values import check_account_id
 from ledger.errors import FieldViolation, NotFound, require
 from ledger.grpc.types import Context
 from ledger.paging import check_page_size, fetch_page
-from ledger.v1 import account_pb2, account_query_service_pb2_grpc
+from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as pb
 from ledger.views.port import Document, Scalar, ViewStore
 
@@ -26,6 +32,14 @@ STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
 KIND_TO_PROTO = {
     "DEPOSIT": account_pb2.TRANSACTION_KIND_DEPOSIT,
     "WITHDRAWAL": account_pb2.TRANSACTION_KIND_WITHDRAWAL,
+    "TRANSFER_OUT": account_pb2.TRANSACTION_KIND_TRANSFER_OUT,
+    "TRANSFER_IN": account_pb2.TRANSACTION_KIND_TRANSFER_IN,
+    "TRANSFER_REFUND": account_pb2.TRANSACTION_KIND_TRANSFER_REFUND,
+}
+TRANSFER_STATUS_TO_PROTO = {
+    "PENDING": transfer_pb2.TRANSFER_STATUS_PENDING,
+    "COMPLETED": transfer_pb2.TRANSFER_STATUS_COMPLETED,
+    "FAILED": transfer_pb2.TRANSFER_STATUS_FAILED,
 }
 
 
@@ -60,6 +74,25 @@ def transaction_message(doc: Document) -> account_pb2.Transaction:
         occurred_at=_timestamp(doc["occurred_at"]),
         version=doc["version"],
         position=doc["position"],
+        transfer_id=doc.get("transfer_id", ""),
+        counterparty_account_id=doc.get("counterparty_account_id", ""),
+    )
+
+
+def transfer_message(doc: Document) -> transfer_pb2.Transfer:
+    completed_at = doc.get("completed_at")
+    return transfer_pb2.Transfer(
+        transfer_id=doc["transfer_id"],
+        from_account_id=doc["from_account_id"],
+        to_account_id=doc["to_account_id"],
+        amount_minor=doc["amount_minor"],
+        currency=doc["currency"],
+        description=doc["description"],
+        status=TRANSFER_STATUS_TO_PROTO[doc["status"]],
+        failure_reason=doc["failure_reason"],
+        requested_at=_timestamp(doc["requested_at"]),
+        completed_at=_timestamp(completed_at) if completed_at else None,
+        position=doc["position"],
     )
 
 
@@ -71,7 +104,9 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
 
     async def _caught_up(self, min_position: int, context: Context) -> None:
         remaining = context.time_remaining()
-        budget = self._max_wait if remaining is None else min(self._max_wait, remaining - 0.05)
+        budget = (
+            self._max_wait if remaining is None else min(self._max_wait, remaining * 0.9 - 0.05)
+        )
         await self._follower.require(min_position, budget)
 
     async def _account(self, account_id: str) -> Document:
@@ -148,4 +183,33 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             statuses.append(status)
         return pb.GetProjectionStatusResponse(
             checkpoint_position=mine.position if mine else 0, projections=statuses
+        )
+
+    async def GetTransfer(
+        self, request: pb.GetTransferRequest, context: Context
+    ) -> pb.GetTransferResponse:
+        require(check_account_id(request.transfer_id, "transfer_id"))
+        await self._caught_up(request.min_position, context)
+        doc = await self._views.get(TRANSFERS, request.transfer_id)
+        if doc is None:
+            raise NotFound(f"transfer {request.transfer_id!r} does not exist")
+        return pb.GetTransferResponse(transfer=transfer_message(doc))
+
+    async def ListTransfers(
+        self, request: pb.ListTransfersRequest, context: Context
+    ) -> pb.ListTransfersResponse:
+        require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
+        await self._caught_up(request.min_position, context)
+        await self._account(request.account_id)
+        page = await fetch_page(
+            self._views,
+            ACCOUNT_TRANSFERS,
+            where={"account_id": request.account_id},
+            order_by=TRANSFER_ORDER,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListTransfersResponse(
+            transfers=[transfer_message(d) for d in page.documents],
+            next_page_token=page.next_page_token,
         )

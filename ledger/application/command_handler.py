@@ -72,12 +72,39 @@ class CommandHandler(Generic[S, C, E]):
         self._cache_size = cache_size
         self._locks: dict[str, asyncio.Lock] = {}
 
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
     async def state_of(self, entity_id: str) -> tuple[S, int]:
         """Current state and version, read through the cache (for cross-aggregate checks)."""
         stream = self._decider.stream_for(entity_id)
         async with self._lock(stream):
             loaded = await self._load(stream)
             return loaded.state, loaded.version
+
+    async def check(self, entity_id: str, command: C) -> tuple[E, ...]:
+        """Decide on the current state without appending: a dry run that raises exactly
+        what `handle` would raise now (for a step that must not start if a later one
+        would be refused)."""
+        stream = self._decider.stream_for(entity_id)
+        async with self._lock(stream):
+            loaded = await self._load(stream)
+            return tuple(self._decider.decide(loaded.state, command))
+
+    async def replayed(
+        self, entity_id: str, *, request_id: str, fingerprint: str
+    ) -> Outcome[E] | None:
+        """The original outcome if `request_id` was already handled on this entity
+        (InvalidArgument if it was for a different command); None if it was not."""
+        if not request_id:
+            return None
+        stream = self._decider.stream_for(entity_id)
+        async with self._lock(stream):
+            previous = (await self._load(stream)).requests.get(request_id)
+            if previous is None:
+                return None
+            return await self._replay(stream, request_id, previous, fingerprint)
 
     async def handle(
         self,
@@ -116,7 +143,9 @@ class CommandHandler(Generic[S, C, E]):
                     result = await self._store.append(stream, new_events, loaded.version)
                 except WrongExpectedVersion:
                     self._cache.pop(stream, None)
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                    # Full-jitter exponential backoff: racers spread out instead of
+                    # colliding again in lock-step.
+                    await asyncio.sleep(random.uniform(0, min(0.1, 0.005 * 2**attempt)))
                     continue
                 if result.version != loaded.version + len(events):
                     # The store says these ids were already stored: our view was stale.

@@ -1,35 +1,66 @@
-"""The banking read model: collection names, indexes, and the `On<Event>` projections."""
+"""The banking read model: collection names, indexes, and the `On<Event>` projections.
+
+Transfers have two views: `transfers` keyed by transfer id, and `account_transfers`
+keyed `<account_id>/<transfer_id>`, one document per account a transfer touches, so
+ListTransfers is one indexed query. The debit, the credit and the refund each carry
+both account ids and update all three documents; the debit's position orders them. A
+rejected credit leaves the transfer PENDING until its refund.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
 
+from ledger.domain import transfers
 from ledger.domain.accounts import (
     EVENT_TYPES,
     AccountClosed,
+    AccountFrozen,
     AccountOpened,
     AccountStatus,
+    AccountUnfrozen,
     FundsDeposited,
     FundsWithdrawn,
+    TransferCredited,
+    TransferCreditRejected,
+    TransferDebited,
+    TransferRefunded,
+    TransferSettled,
 )
+from ledger.domain.transfers import TransferStatus
 from ledger.eventstore.codec import EventCodec
 from ledger.eventstore.port import RecordedEvent
 from ledger.projection import Projection
-from ledger.views.port import KEY, Collection, Index, Upsert
+from ledger.views.port import KEY, Collection, Index, Scalar, Upsert
 
 ACCOUNTS = "accounts"
 TRANSACTIONS = "transactions"
+TRANSFERS = "transfers"
+ACCOUNT_TRANSFERS = "account_transfers"
+TRANSFER_ORDER = "debit_position"
+"""The field ListTransfers sorts on: the log position of the transfer's debit."""
 
 COLLECTIONS = (
     Collection(ACCOUNTS, (Index(("owner_name", KEY)), Index(("status", KEY)))),
     Collection(TRANSACTIONS, (Index(("account_id", "version")),)),
+    Collection(TRANSFERS),
+    Collection(ACCOUNT_TRANSFERS, (Index(("account_id", TRANSFER_ORDER)),)),
 )
 
-codec = EventCodec(EVENT_TYPES)
+codec = EventCodec({**EVENT_TYPES, **transfers.EVENT_TYPES})
+# Transfer streams hold only the id claim, which no view shows (a claim whose debit
+# was refused is an orphan); they are subscribed to for views that may come later.
 projection = Projection(
-    name="banking", version=1, codec=codec, categories=("account",), collections=COLLECTIONS
+    name="banking",
+    version=1,
+    codec=codec,
+    categories=("account", "transfer"),
+    collections=COLLECTIONS,
 )
+
+TransferMovement = TransferDebited | TransferCredited | TransferRefunded
+AnyTransferEvent = TransferMovement | TransferCreditRejected | TransferSettled
 
 
 def timestamp(at: datetime) -> str:
@@ -37,16 +68,21 @@ def timestamp(at: datetime) -> str:
     return at.isoformat()
 
 
-def _account_change(key: str, r: RecordedEvent, at: datetime, **fields: object) -> Upsert:
+def _account_change(key: str, r: RecordedEvent, at: datetime, **fields: Scalar) -> Upsert:
     return Upsert(
         ACCOUNTS,
         key,
-        {**fields, "version": r.version, "position": r.position, "updated_at": timestamp(at)},  # type: ignore[dict-item]
+        {**fields, "version": r.version, "position": r.position, "updated_at": timestamp(at)},
         r.position,
     )
 
 
-def _transaction(e: FundsDeposited | FundsWithdrawn, r: RecordedEvent, kind: str) -> Upsert:
+def _transaction(
+    e: FundsDeposited | FundsWithdrawn | TransferMovement,
+    r: RecordedEvent,
+    kind: str,
+    **fields: Scalar,
+) -> Upsert:
     transaction_id = str(r.event_id)
     return Upsert(
         TRANSACTIONS,
@@ -57,13 +93,34 @@ def _transaction(e: FundsDeposited | FundsWithdrawn, r: RecordedEvent, kind: str
             "kind": kind,
             "amount_minor": e.amount_minor,
             "balance_after_minor": e.balance_after_minor,
-            "description": e.description,
             "occurred_at": timestamp(e.occurred_at),
             "version": r.version,
             "position": r.position,
+            **fields,
         },
         r.position,
     )
+
+
+def _transfer_change(
+    from_account_id: str,
+    to_account_id: str,
+    e: AnyTransferEvent,
+    r: RecordedEvent,
+    **fields: Scalar,
+) -> Iterator[Upsert]:
+    """The transfer's document and both accounts' copies of it."""
+    doc = {
+        "transfer_id": e.transfer_id,
+        "from_account_id": from_account_id,
+        "to_account_id": to_account_id,
+        "position": r.position,
+        **fields,
+    }
+    yield Upsert(TRANSFERS, e.transfer_id, doc, r.position)
+    for account_id in (from_account_id, to_account_id):
+        key = f"{account_id}/{e.transfer_id}"
+        yield Upsert(ACCOUNT_TRANSFERS, key, {**doc, "account_id": account_id}, r.position)
 
 
 @projection.on(AccountOpened)
@@ -84,15 +141,105 @@ def on_account_opened(e: AccountOpened, r: RecordedEvent) -> Iterator[Upsert]:
 @projection.on(FundsDeposited)
 def on_funds_deposited(e: FundsDeposited, r: RecordedEvent) -> Iterator[Upsert]:
     yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, "DEPOSIT")
+    yield _transaction(e, r, "DEPOSIT", description=e.description)
 
 
 @projection.on(FundsWithdrawn)
 def on_funds_withdrawn(e: FundsWithdrawn, r: RecordedEvent) -> Iterator[Upsert]:
     yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, "WITHDRAWAL")
+    yield _transaction(e, r, "WITHDRAWAL", description=e.description)
 
 
 @projection.on(AccountClosed)
 def on_account_closed(e: AccountClosed, r: RecordedEvent) -> Iterator[Upsert]:
     yield _account_change(e.account_id, r, e.closed_at, status=AccountStatus.CLOSED.value)
+
+
+@projection.on(AccountFrozen)
+def on_account_frozen(e: AccountFrozen, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.frozen_at, status=AccountStatus.FROZEN.value)
+
+
+@projection.on(AccountUnfrozen)
+def on_account_unfrozen(e: AccountUnfrozen, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.unfrozen_at, status=AccountStatus.OPEN.value)
+
+
+@projection.on(TransferDebited)
+def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield _transaction(
+        e,
+        r,
+        "TRANSFER_OUT",
+        description=e.description,
+        transfer_id=e.transfer_id,
+        counterparty_account_id=e.to_account_id,
+    )
+    yield from _transfer_change(
+        e.account_id,
+        e.to_account_id,
+        e,
+        r,
+        amount_minor=e.amount_minor,
+        currency=e.currency,
+        description=e.description,
+        status=TransferStatus.PENDING.value,
+        failure_reason="",
+        requested_at=timestamp(e.occurred_at),
+        **{TRANSFER_ORDER: r.position},
+    )
+
+
+@projection.on(TransferCredited)
+def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield _transaction(
+        e,
+        r,
+        "TRANSFER_IN",
+        description=e.description,
+        transfer_id=e.transfer_id,
+        counterparty_account_id=e.from_account_id,
+    )
+    yield from _transfer_change(
+        e.from_account_id,
+        e.account_id,
+        e,
+        r,
+        status=TransferStatus.COMPLETED.value,
+        completed_at=timestamp(e.occurred_at),
+    )
+
+
+@projection.on(TransferCreditRejected)
+def on_transfer_credit_rejected(e: TransferCreditRejected, r: RecordedEvent) -> Iterator[Upsert]:
+    # The transfer stays PENDING until the source is refunded.
+    yield _account_change(e.account_id, r, e.occurred_at)
+
+
+@projection.on(TransferSettled)
+def on_transfer_settled(e: TransferSettled, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.occurred_at)
+
+
+@projection.on(TransferRefunded)
+def on_transfer_refunded(e: TransferRefunded, r: RecordedEvent) -> Iterator[Upsert]:
+    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield _transaction(
+        e,
+        r,
+        "TRANSFER_REFUND",
+        description=e.reason,
+        transfer_id=e.transfer_id,
+        counterparty_account_id=e.to_account_id,
+    )
+    yield from _transfer_change(
+        e.account_id,
+        e.to_account_id,
+        e,
+        r,
+        status=TransferStatus.FAILED.value,
+        failure_reason=e.reason,
+        completed_at=timestamp(e.occurred_at),
+    )

@@ -29,6 +29,14 @@ def check_account_id(value: str, field: str = "account_id") -> list[FieldViolati
     return [FieldViolation(field, "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
 
 
+def check_different_accounts(
+    from_account_id: str, to_account_id: str, field: str = "to_account_id"
+) -> list[FieldViolation]:
+    if from_account_id != to_account_id:
+        return []
+    return [FieldViolation(field, "must differ from from_account_id")]
+
+
 def check_owner_name(value: str, field: str = "owner_name") -> list[FieldViolation]:
     if not value.strip():
         return [FieldViolation(field, "must not be empty")]

@@ -22,31 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from ledger.v1 import transfer_pb2 as ledger_dot_v1_dot_transfer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ledger/v1/account_command_service.proto\x12\tledger.v1\"b\n\x12OpenAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"L\n\x13OpenAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\"\xae\x01\n\x13\x44\x65positFundsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"d\n\x14\x44\x65positFundsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\"\xaf\x01\n\x14WithdrawFundsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"e\n\x15WithdrawFundsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\"q\n\x13\x43loseAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"M\n\x14\x43loseAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x32\xdb\x02\n\x15\x41\x63\x63ountCommandService\x12L\n\x0bOpenAccount\x12\x1d.ledger.v1.OpenAccountRequest\x1a\x1e.ledger.v1.OpenAccountResponse\x12O\n\x0c\x44\x65positFunds\x12\x1e.ledger.v1.DepositFundsRequest\x1a\x1f.ledger.v1.DepositFundsResponse\x12R\n\rWithdrawFunds\x12\x1f.ledger.v1.WithdrawFundsRequest\x1a .ledger.v1.WithdrawFundsResponse\x12O\n\x0c\x43loseAccount\x12\x1e.ledger.v1.CloseAccountRequest\x1a\x1f.ledger.v1.CloseAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ledger/v1/account_command_service.proto\x12\tledger.v1\x1a\x18ledger/v1/transfer.proto\"b\n\x12OpenAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"L\n\x13OpenAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\"\xae\x01\n\x13\x44\x65positFundsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"d\n\x14\x44\x65positFundsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\"\xaf\x01\n\x14WithdrawFundsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"e\n\x15WithdrawFundsResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\"q\n\x13\x43loseAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"M\n\x14\x43loseAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\"\xac\x01\n\x14TransferFundsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x03 \x01(\t\x12\x15\n\rto_account_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"i\n\x15TransferFundsResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.ledger.v1.TransferStatus\"N\n\x14\x46reezeAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x15\x46reezeAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\"@\n\x16UnfreezeAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\"P\n\x17UnfreezeAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08position\x18\x03 \x01(\x04\x32\xdd\x04\n\x15\x41\x63\x63ountCommandService\x12L\n\x0bOpenAccount\x12\x1d.ledger.v1.OpenAccountRequest\x1a\x1e.ledger.v1.OpenAccountResponse\x12O\n\x0c\x44\x65positFunds\x12\x1e.ledger.v1.DepositFundsRequest\x1a\x1f.ledger.v1.DepositFundsResponse\x12R\n\rWithdrawFunds\x12\x1f.ledger.v1.WithdrawFundsRequest\x1a .ledger.v1.WithdrawFundsResponse\x12O\n\x0c\x43loseAccount\x12\x1e.ledger.v1.CloseAccountRequest\x1a\x1f.ledger.v1.CloseAccountResponse\x12R\n\rTransferFunds\x12\x1f.ledger.v1.TransferFundsRequest\x1a .ledger.v1.TransferFundsResponse\x12R\n\rFreezeAccount\x12\x1f.ledger.v1.FreezeAccountRequest\x1a .ledger.v1.FreezeAccountResponse\x12X\n\x0fUnfreezeAccount\x12!.ledger.v1.UnfreezeAccountRequest\x1a\".ledger.v1.UnfreezeAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ledger.v1.account_command_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPENACCOUNTREQUEST']._serialized_start=54
-  _globals['_OPENACCOUNTREQUEST']._serialized_end=152
-  _globals['_OPENACCOUNTRESPONSE']._serialized_start=154
-  _globals['_OPENACCOUNTRESPONSE']._serialized_end=230
-  _globals['_DEPOSITFUNDSREQUEST']._serialized_start=233
-  _globals['_DEPOSITFUNDSREQUEST']._serialized_end=407
-  _globals['_DEPOSITFUNDSRESPONSE']._serialized_start=409
-  _globals['_DEPOSITFUNDSRESPONSE']._serialized_end=509
-  _globals['_WITHDRAWFUNDSREQUEST']._serialized_start=512
-  _globals['_WITHDRAWFUNDSREQUEST']._serialized_end=687
-  _globals['_WITHDRAWFUNDSRESPONSE']._serialized_start=689
-  _globals['_WITHDRAWFUNDSRESPONSE']._serialized_end=790
-  _globals['_CLOSEACCOUNTREQUEST']._serialized_start=792
-  _globals['_CLOSEACCOUNTREQUEST']._serialized_end=905
-  _globals['_CLOSEACCOUNTRESPONSE']._serialized_start=907
-  _globals['_CLOSEACCOUNTRESPONSE']._serialized_end=984
-  _globals['_ACCOUNTCOMMANDSERVICE']._serialized_start=987
-  _globals['_ACCOUNTCOMMANDSERVICE']._serialized_end=1334
+  _globals['_OPENACCOUNTREQUEST']._serialized_start=80
+  _globals['_OPENACCOUNTREQUEST']._serialized_end=178
+  _globals['_OPENACCOUNTRESPONSE']._serialized_start=180
+  _globals['_OPENACCOUNTRESPONSE']._serialized_end=256
+  _globals['_DEPOSITFUNDSREQUEST']._serialized_start=259
+  _globals['_DEPOSITFUNDSREQUEST']._serialized_end=433
+  _globals['_DEPOSITFUNDSRESPONSE']._serialized_start=435
+  _globals['_DEPOSITFUNDSRESPONSE']._serialized_end=535
+  _globals['_WITHDRAWFUNDSREQUEST']._serialized_start=538
+  _globals['_WITHDRAWFUNDSREQUEST']._serialized_end=713
+  _globals['_WITHDRAWFUNDSRESPONSE']._serialized_start=715
+  _globals['_WITHDRAWFUNDSRESPONSE']._serialized_end=816
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_start=818
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_end=931
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_start=933
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_end=1010
+  _globals['_TRANSFERFUNDSREQUEST']._serialized_start=1013
+  _globals['_TRANSFERFUNDSREQUEST']._serialized_end=1185
+  _globals['_TRANSFERFUNDSRESPONSE']._serialized_start=1187
+  _globals['_TRANSFERFUNDSRESPONSE']._serialized_end=1292
+  _globals['_FREEZEACCOUNTREQUEST']._serialized_start=1294
+  _globals['_FREEZEACCOUNTREQUEST']._serialized_end=1372
+  _globals['_FREEZEACCOUNTRESPONSE']._serialized_start=1374
+  _globals['_FREEZEACCOUNTRESPONSE']._serialized_end=1452
+  _globals['_UNFREEZEACCOUNTREQUEST']._serialized_start=1454
+  _globals['_UNFREEZEACCOUNTREQUEST']._serialized_end=1518
+  _globals['_UNFREEZEACCOUNTRESPONSE']._serialized_start=1520
+  _globals['_UNFREEZEACCOUNTRESPONSE']._serialized_end=1600
+  _globals['_ACCOUNTCOMMANDSERVICE']._serialized_start=1603
+  _globals['_ACCOUNTCOMMANDSERVICE']._serialized_end=2208
 # @@protoc_insertion_point(module_scope)

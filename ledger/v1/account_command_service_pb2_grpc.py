@@ -28,9 +28,11 @@ if _version_not_supported:
 class AccountCommandServiceStub:
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     def __init__(self, channel):
@@ -59,14 +61,31 @@ class AccountCommandServiceStub:
                 request_serializer=ledger_dot_v1_dot_account__command__service__pb2.CloseAccountRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_account__command__service__pb2.CloseAccountResponse.FromString,
                 _registered_method=True)
+        self.TransferFunds = channel.unary_unary(
+                '/ledger.v1.AccountCommandService/TransferFunds',
+                request_serializer=ledger_dot_v1_dot_account__command__service__pb2.TransferFundsRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__command__service__pb2.TransferFundsResponse.FromString,
+                _registered_method=True)
+        self.FreezeAccount = channel.unary_unary(
+                '/ledger.v1.AccountCommandService/FreezeAccount',
+                request_serializer=ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountResponse.FromString,
+                _registered_method=True)
+        self.UnfreezeAccount = channel.unary_unary(
+                '/ledger.v1.AccountCommandService/UnfreezeAccount',
+                request_serializer=ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountResponse.FromString,
+                _registered_method=True)
 
 
 class AccountCommandServiceServicer:
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     def OpenAccount(self, request, context):
@@ -95,6 +114,32 @@ class AccountCommandServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferFunds(self, request, context):
+        """Moves money to another account. The debit is decided at once (refusals
+        append nothing); the credit follows asynchronously, and if the destination
+        refuses it by then the source is refunded. Follow it with
+        AccountQueryService.GetTransfer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeAccount(self, request, context):
+        """A frozen account refuses withdrawals and outgoing transfers (reason
+        ACCOUNT_FROZEN) but accepts deposits and incoming transfers. Freezing a
+        frozen account changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnfreezeAccount(self, request, context):
+        """Unfreezing an account that is not frozen changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountCommandServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +163,21 @@ def add_AccountCommandServiceServicer_to_server(servicer, server):
                     request_deserializer=ledger_dot_v1_dot_account__command__service__pb2.CloseAccountRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_account__command__service__pb2.CloseAccountResponse.SerializeToString,
             ),
+            'TransferFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferFunds,
+                    request_deserializer=ledger_dot_v1_dot_account__command__service__pb2.TransferFundsRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__command__service__pb2.TransferFundsResponse.SerializeToString,
+            ),
+            'FreezeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeAccount,
+                    request_deserializer=ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountResponse.SerializeToString,
+            ),
+            'UnfreezeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnfreezeAccount,
+                    request_deserializer=ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'ledger.v1.AccountCommandService', rpc_method_handlers)
@@ -129,9 +189,11 @@ def add_AccountCommandServiceServicer_to_server(servicer, server):
 class AccountCommandService:
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     @staticmethod
@@ -232,6 +294,87 @@ class AccountCommandService:
             '/ledger.v1.AccountCommandService/CloseAccount',
             ledger_dot_v1_dot_account__command__service__pb2.CloseAccountRequest.SerializeToString,
             ledger_dot_v1_dot_account__command__service__pb2.CloseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountCommandService/TransferFunds',
+            ledger_dot_v1_dot_account__command__service__pb2.TransferFundsRequest.SerializeToString,
+            ledger_dot_v1_dot_account__command__service__pb2.TransferFundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountCommandService/FreezeAccount',
+            ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountRequest.SerializeToString,
+            ledger_dot_v1_dot_account__command__service__pb2.FreezeAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnfreezeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountCommandService/UnfreezeAccount',
+            ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountRequest.SerializeToString,
+            ledger_dot_v1_dot_account__command__service__pb2.UnfreezeAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

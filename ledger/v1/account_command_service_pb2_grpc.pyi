@@ -29,9 +29,11 @@ GRPC_VERSION: str
 class AccountCommandServiceStub:
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     @_typing.overload
@@ -44,14 +46,29 @@ class AccountCommandServiceStub:
     WithdrawFunds: _grpc.UnaryUnaryMultiCallable[_account_command_service_pb2.WithdrawFundsRequest, _account_command_service_pb2.WithdrawFundsResponse]
     CloseAccount: _grpc.UnaryUnaryMultiCallable[_account_command_service_pb2.CloseAccountRequest, _account_command_service_pb2.CloseAccountResponse]
     """Closes an account whose balance is zero."""
+    TransferFunds: _grpc.UnaryUnaryMultiCallable[_account_command_service_pb2.TransferFundsRequest, _account_command_service_pb2.TransferFundsResponse]
+    """Moves money to another account. The debit is decided at once (refusals
+    append nothing); the credit follows asynchronously, and if the destination
+    refuses it by then the source is refunded. Follow it with
+    AccountQueryService.GetTransfer.
+    """
+    FreezeAccount: _grpc.UnaryUnaryMultiCallable[_account_command_service_pb2.FreezeAccountRequest, _account_command_service_pb2.FreezeAccountResponse]
+    """A frozen account refuses withdrawals and outgoing transfers (reason
+    ACCOUNT_FROZEN) but accepts deposits and incoming transfers. Freezing a
+    frozen account changes nothing.
+    """
+    UnfreezeAccount: _grpc.UnaryUnaryMultiCallable[_account_command_service_pb2.UnfreezeAccountRequest, _account_command_service_pb2.UnfreezeAccountResponse]
+    """Unfreezing an account that is not frozen changes nothing."""
 
 @_typing.type_check_only
 class AccountCommandServiceAsyncStub(AccountCommandServiceStub):
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -61,13 +78,28 @@ class AccountCommandServiceAsyncStub(AccountCommandServiceStub):
     WithdrawFunds: _aio.UnaryUnaryMultiCallable[_account_command_service_pb2.WithdrawFundsRequest, _account_command_service_pb2.WithdrawFundsResponse]  # type: ignore[assignment]
     CloseAccount: _aio.UnaryUnaryMultiCallable[_account_command_service_pb2.CloseAccountRequest, _account_command_service_pb2.CloseAccountResponse]  # type: ignore[assignment]
     """Closes an account whose balance is zero."""
+    TransferFunds: _aio.UnaryUnaryMultiCallable[_account_command_service_pb2.TransferFundsRequest, _account_command_service_pb2.TransferFundsResponse]  # type: ignore[assignment]
+    """Moves money to another account. The debit is decided at once (refusals
+    append nothing); the credit follows asynchronously, and if the destination
+    refuses it by then the source is refunded. Follow it with
+    AccountQueryService.GetTransfer.
+    """
+    FreezeAccount: _aio.UnaryUnaryMultiCallable[_account_command_service_pb2.FreezeAccountRequest, _account_command_service_pb2.FreezeAccountResponse]  # type: ignore[assignment]
+    """A frozen account refuses withdrawals and outgoing transfers (reason
+    ACCOUNT_FROZEN) but accepts deposits and incoming transfers. Freezing a
+    frozen account changes nothing.
+    """
+    UnfreezeAccount: _aio.UnaryUnaryMultiCallable[_account_command_service_pb2.UnfreezeAccountRequest, _account_command_service_pb2.UnfreezeAccountResponse]  # type: ignore[assignment]
+    """Unfreezing an account that is not frozen changes nothing."""
 
 class AccountCommandServiceServicer(metaclass=_abc_1.ABCMeta):
     """Changes accounts. Every command carries a client `request_id`: retrying a
     command with the same request_id appends nothing and returns the original
-    response; reusing it with different parameters fails with INVALID_ARGUMENT
-    (reason REQUEST_ID_REUSED). Responses carry the event-log `position` to pass
-    as `min_position` to AccountQueryService for read-your-writes.
+    response (across restarts too); reusing it on the same account with different
+    parameters fails with INVALID_ARGUMENT (reason REQUEST_ID_REUSED). A request id
+    is scoped to the account the command addresses (for a transfer, the source).
+    Responses carry the event-log `position` to pass as `min_position` to
+    AccountQueryService for read-your-writes.
     """
 
     @_abc_1.abstractmethod
@@ -99,5 +131,36 @@ class AccountCommandServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_command_service_pb2.CloseAccountResponse, _abc.Awaitable[_account_command_service_pb2.CloseAccountResponse]]:
         """Closes an account whose balance is zero."""
+
+    @_abc_1.abstractmethod
+    def TransferFunds(
+        self,
+        request: _account_command_service_pb2.TransferFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_command_service_pb2.TransferFundsResponse, _abc.Awaitable[_account_command_service_pb2.TransferFundsResponse]]:
+        """Moves money to another account. The debit is decided at once (refusals
+        append nothing); the credit follows asynchronously, and if the destination
+        refuses it by then the source is refunded. Follow it with
+        AccountQueryService.GetTransfer.
+        """
+
+    @_abc_1.abstractmethod
+    def FreezeAccount(
+        self,
+        request: _account_command_service_pb2.FreezeAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_command_service_pb2.FreezeAccountResponse, _abc.Awaitable[_account_command_service_pb2.FreezeAccountResponse]]:
+        """A frozen account refuses withdrawals and outgoing transfers (reason
+        ACCOUNT_FROZEN) but accepts deposits and incoming transfers. Freezing a
+        frozen account changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def UnfreezeAccount(
+        self,
+        request: _account_command_service_pb2.UnfreezeAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_command_service_pb2.UnfreezeAccountResponse, _abc.Awaitable[_account_command_service_pb2.UnfreezeAccountResponse]]:
+        """Unfreezing an account that is not frozen changes nothing."""
 
 def add_AccountCommandServiceServicer_to_server(servicer: AccountCommandServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ledger/v1/account.proto\x12\tledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nowner_name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.ledger.v1.AccountStatus\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\x04\x12-\n\topened_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.ledger.v1.TransactionKind\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12\x1b\n\x13\x62\x61lance_after_minor\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x10\n\x08position\x18\t \x01(\x04*~\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_STATUS_OPEN\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_FROZEN\x10\x03*r\n\x0fTransactionKind\x12 \n\x1cTRANSACTION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSACTION_KIND_DEPOSIT\x10\x01\x12\x1f\n\x1bTRANSACTION_KIND_WITHDRAWAL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17ledger/v1/account.proto\x12\tledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nowner_name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rbalance_minor\x18\x04 \x01(\x03\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.ledger.v1.AccountStatus\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12\x10\n\x08position\x18\x07 \x01(\x04\x12-\n\topened_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x02\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12(\n\x04kind\x18\x03 \x01(\x0e\x32\x1a.ledger.v1.TransactionKind\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12\x1b\n\x13\x62\x61lance_after_minor\x18\x05 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x10\n\x08position\x18\t \x01(\x04\x12\x13\n\x0btransfer_id\x18\n \x01(\t\x12\x1f\n\x17\x63ounterparty_account_id\x18\x0b \x01(\t*~\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x43\x43OUNT_STATUS_OPEN\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_FROZEN\x10\x03*\xdd\x01\n\x0fTransactionKind\x12 \n\x1cTRANSACTION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSACTION_KIND_DEPOSIT\x10\x01\x12\x1f\n\x1bTRANSACTION_KIND_WITHDRAWAL\x10\x02\x12!\n\x1dTRANSACTION_KIND_TRANSFER_OUT\x10\x03\x12 \n\x1cTRANSACTION_KIND_TRANSFER_IN\x10\x04\x12$\n TRANSACTION_KIND_TRANSFER_REFUND\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ledger.v1.account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTSTATUS']._serialized_start=594
-  _globals['_ACCOUNTSTATUS']._serialized_end=720
-  _globals['_TRANSACTIONKIND']._serialized_start=722
-  _globals['_TRANSACTIONKIND']._serialized_end=836
+  _globals['_ACCOUNTSTATUS']._serialized_start=648
+  _globals['_ACCOUNTSTATUS']._serialized_end=774
+  _globals['_TRANSACTIONKIND']._serialized_start=777
+  _globals['_TRANSACTIONKIND']._serialized_end=998
   _globals['_ACCOUNT']._serialized_start=72
   _globals['_ACCOUNT']._serialized_end=334
   _globals['_TRANSACTION']._serialized_start=337
-  _globals['_TRANSACTION']._serialized_end=592
+  _globals['_TRANSACTION']._serialized_end=646
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,12 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     TRANSACTION_KIND_UNSPECIFIED: _TransactionKind.ValueType  # 0
     TRANSACTION_KIND_DEPOSIT: _TransactionKind.ValueType  # 1
     TRANSACTION_KIND_WITHDRAWAL: _TransactionKind.ValueType  # 2
+    TRANSACTION_KIND_TRANSFER_OUT: _TransactionKind.ValueType  # 3
+    """Money sent to another account (transfer_id and counterparty_account_id set)."""
+    TRANSACTION_KIND_TRANSFER_IN: _TransactionKind.ValueType  # 4
+    """Money received from another account."""
+    TRANSACTION_KIND_TRANSFER_REFUND: _TransactionKind.ValueType  # 5
+    """A transfer the destination refused, paid back to the source."""
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper):
     """What moved money on an account."""
@@ -54,6 +60,12 @@ class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrappe
 TRANSACTION_KIND_UNSPECIFIED: TransactionKind.ValueType  # 0
 TRANSACTION_KIND_DEPOSIT: TransactionKind.ValueType  # 1
 TRANSACTION_KIND_WITHDRAWAL: TransactionKind.ValueType  # 2
+TRANSACTION_KIND_TRANSFER_OUT: TransactionKind.ValueType  # 3
+"""Money sent to another account (transfer_id and counterparty_account_id set)."""
+TRANSACTION_KIND_TRANSFER_IN: TransactionKind.ValueType  # 4
+"""Money received from another account."""
+TRANSACTION_KIND_TRANSFER_REFUND: TransactionKind.ValueType  # 5
+"""A transfer the destination refused, paid back to the source."""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 @_typing.final
@@ -122,6 +134,8 @@ class Transaction(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    COUNTERPARTY_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     account_id: _builtins.str
     kind: Global___TransactionKind.ValueType
@@ -130,6 +144,12 @@ class Transaction(_message.Message):
     description: _builtins.str
     version: _builtins.int
     position: _builtins.int
+    transfer_id: _builtins.str
+    """Set for the TRANSFER_* kinds."""
+    counterparty_account_id: _builtins.str
+    """The other account of a transfer: the destination for TRANSFER_OUT and
+    TRANSFER_REFUND, the source for TRANSFER_IN.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -144,10 +164,12 @@ class Transaction(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         position: _builtins.int = ...,
+        transfer_id: _builtins.str = ...,
+        counterparty_account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_minor", b"amount_minor", "balance_after_minor", b"balance_after_minor", "description", b"description", "kind", b"kind", "occurred_at", b"occurred_at", "position", b"position", "transaction_id", b"transaction_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_minor", b"amount_minor", "balance_after_minor", b"balance_after_minor", "counterparty_account_id", b"counterparty_account_id", "description", b"description", "kind", b"kind", "occurred_at", b"occurred_at", "position", b"position", "transaction_id", b"transaction_id", "transfer_id", b"transfer_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

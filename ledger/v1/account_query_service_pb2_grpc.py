@@ -58,6 +58,16 @@ class AccountQueryServiceStub:
                 request_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusResponse.FromString,
                 _registered_method=True)
+        self.GetTransfer = channel.unary_unary(
+                '/ledger.v1.AccountQueryService/GetTransfer',
+                request_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetTransferRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetTransferResponse.FromString,
+                _registered_method=True)
+        self.ListTransfers = channel.unary_unary(
+                '/ledger.v1.AccountQueryService/ListTransfers',
+                request_serializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.FromString,
+                _registered_method=True)
 
 
 class AccountQueryServiceServicer:
@@ -93,6 +103,19 @@ class AccountQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransfer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransfers(self, request, context):
+        """Transfers into or out of an account, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +138,16 @@ def add_AccountQueryServiceServicer_to_server(servicer, server):
                     servicer.GetProjectionStatus,
                     request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusResponse.SerializeToString,
+            ),
+            'GetTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransfer,
+                    request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetTransferRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetTransferResponse.SerializeToString,
+            ),
+            'ListTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransfers,
+                    request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +262,60 @@ class AccountQueryService:
             '/ledger.v1.AccountQueryService/GetProjectionStatus',
             ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusRequest.SerializeToString,
             ledger_dot_v1_dot_account__query__service__pb2.GetProjectionStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountQueryService/GetTransfer',
+            ledger_dot_v1_dot_account__query__service__pb2.GetTransferRequest.SerializeToString,
+            ledger_dot_v1_dot_account__query__service__pb2.GetTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountQueryService/ListTransfers',
+            ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.SerializeToString,
+            ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,9 @@ class AccountQueryServiceStub:
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransactionsRequest, _account_query_service_pb2.ListTransactionsResponse]
     """An account's transactions, oldest first."""
     GetProjectionStatus: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.GetProjectionStatusRequest, _account_query_service_pb2.GetProjectionStatusResponse]
+    GetTransfer: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.GetTransferRequest, _account_query_service_pb2.GetTransferResponse]
+    ListTransfers: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransfersRequest, _account_query_service_pb2.ListTransfersResponse]
+    """Transfers into or out of an account, oldest first."""
 
 @_typing.type_check_only
 class AccountQueryServiceAsyncStub(AccountQueryServiceStub):
@@ -59,6 +62,9 @@ class AccountQueryServiceAsyncStub(AccountQueryServiceStub):
     ListTransactions: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransactionsRequest, _account_query_service_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """An account's transactions, oldest first."""
     GetProjectionStatus: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.GetProjectionStatusRequest, _account_query_service_pb2.GetProjectionStatusResponse]  # type: ignore[assignment]
+    GetTransfer: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.GetTransferRequest, _account_query_service_pb2.GetTransferResponse]  # type: ignore[assignment]
+    ListTransfers: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransfersRequest, _account_query_service_pb2.ListTransfersResponse]  # type: ignore[assignment]
+    """Transfers into or out of an account, oldest first."""
 
 class AccountQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the views the projector maintains; never touches the event store.
@@ -96,5 +102,20 @@ class AccountQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_query_service_pb2.GetProjectionStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_query_service_pb2.GetProjectionStatusResponse, _abc.Awaitable[_account_query_service_pb2.GetProjectionStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTransfer(
+        self,
+        request: _account_query_service_pb2.GetTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_query_service_pb2.GetTransferResponse, _abc.Awaitable[_account_query_service_pb2.GetTransferResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTransfers(
+        self,
+        request: _account_query_service_pb2.ListTransfersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_query_service_pb2.ListTransfersResponse, _abc.Awaitable[_account_query_service_pb2.ListTransfersResponse]]:
+        """Transfers into or out of an account, oldest first."""
 
 def add_AccountQueryServiceServicer_to_server(servicer: AccountQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
