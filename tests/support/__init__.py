@@ -119,13 +119,8 @@ class LedgerClient:
         request_id: str | None = None,
         expected_version: int | None = None,
     ) -> cmd.DepositFundsResponse:
-        request = cmd.DepositFundsRequest(
-            request_id=new_request_id() if request_id is None else request_id,
-            account_id=account_id,
-            amount_minor=amount_minor,
-            currency=currency,
-            description=description,
-        )
+        request = cmd.DepositFundsRequest()
+        self._fill_move(request, account_id, amount_minor, currency, description, request_id)
         if expected_version is not None:
             request.expected_version = expected_version
         return await self.commands.DepositFunds(request, timeout=CALL_TIMEOUT)
@@ -140,16 +135,26 @@ class LedgerClient:
         request_id: str | None = None,
         expected_version: int | None = None,
     ) -> cmd.WithdrawFundsResponse:
-        request = cmd.WithdrawFundsRequest(
-            request_id=new_request_id() if request_id is None else request_id,
-            account_id=account_id,
-            amount_minor=amount_minor,
-            currency=currency,
-            description=description,
-        )
+        request = cmd.WithdrawFundsRequest()
+        self._fill_move(request, account_id, amount_minor, currency, description, request_id)
         if expected_version is not None:
             request.expected_version = expected_version
         return await self.commands.WithdrawFunds(request, timeout=CALL_TIMEOUT)
+
+    @staticmethod
+    def _fill_move(
+        request: cmd.DepositFundsRequest | cmd.WithdrawFundsRequest,
+        account_id: str,
+        amount_minor: int,
+        currency: str,
+        description: str,
+        request_id: str | None,
+    ) -> None:
+        request.request_id = new_request_id() if request_id is None else request_id
+        request.account_id = account_id
+        request.amount_minor = amount_minor
+        request.currency = currency
+        request.description = description
 
     async def close(
         self,
