@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.banking.views import (
+    ACCOUNT_HISTORY,
     ACCOUNT_TRANSFERS,
     ACCOUNTS,
+    AT_KEY,
+    BALANCE_HISTORY,
+    STATUS_HISTORY,
     TRANSACTIONS,
     TRANSFER_ORDER,
     TRANSFERS,
+    at_key,
+    timestamp,
 )
 from ledger.banking.views import projection as banking
 from ledger.consistency import CheckpointFollower
@@ -41,6 +47,25 @@ TRANSFER_STATUS_TO_PROTO = {
     "COMPLETED": transfer_pb2.TRANSFER_STATUS_COMPLETED,
     "FAILED": transfer_pb2.TRANSFER_STATUS_FAILED,
 }
+
+
+# The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+LAST_VERSION = 10**20 - 1
+"""Sorts after every version in an `at_key` (versions are written with 20 digits)."""
+
+
+def check_as_of(request: pb.GetAccountAsOfRequest) -> list[FieldViolation]:
+    which = request.WhichOneof("as_of")
+    if which is None:
+        return [FieldViolation("as_of", "set as_of_time or as_of_version")]
+    if which == "as_of_version" and request.as_of_version < 0:
+        return [FieldViolation("as_of_version", "must not be negative")]
+    if which == "as_of_time":
+        stamp = request.as_of_time
+        if not MIN_SECONDS <= stamp.seconds <= MAX_SECONDS or not 0 <= stamp.nanos < 10**9:
+            return [FieldViolation("as_of_time", "is not a valid timestamp")]
+    return []
 
 
 def _timestamp(value: str) -> Timestamp:
@@ -123,6 +148,49 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         return pb.GetAccountResponse(
             account=account_message(await self._account(request.account_id))
         )
+
+    async def GetAccountAsOf(
+        self, request: pb.GetAccountAsOfRequest, context: Context
+    ) -> pb.GetAccountAsOfResponse:
+        require([*check_account_id(request.account_id), *check_as_of(request)])
+        await self._caught_up(request.min_position, context)
+        account_id = request.account_id
+        current = await self._account(account_id)
+        where: dict[str, Scalar] = {"account_id": account_id}
+        bound: Scalar
+        if request.WhichOneof("as_of") == "as_of_version":
+            order_by, bound = "version", min(request.as_of_version, LAST_VERSION)
+        else:
+            # Microseconds, as the views store them: nanoseconds beyond are truncated.
+            at = request.as_of_time.ToDatetime(tzinfo=UTC)
+            order_by, bound = AT_KEY, at_key(timestamp(at), LAST_VERSION)
+        found = await self._views.find(
+            ACCOUNT_HISTORY,
+            where=where,
+            order_by=order_by,
+            at_most=bound,
+            descending=True,
+            limit=1,
+        )
+        if not found:
+            raise NotFound(f"account {account_id!r} did not exist yet at that point")
+        event = found[0]
+        state = {**current}
+        for collection, field in ((BALANCE_HISTORY, "balance_minor"), (STATUS_HISTORY, "status")):
+            rows = await self._views.find(
+                collection,
+                where=where,
+                order_by="version",
+                at_most=event["version"],
+                descending=True,
+                limit=1,
+            )
+            if not rows:  # the opening event writes both; the views are inconsistent
+                raise RuntimeError(f"no {collection} row for {account_id!r}")
+            state[field] = rows[0][field]
+        for field in ("version", "position", "updated_at"):
+            state[field] = event[field]
+        return pb.GetAccountAsOfResponse(account=account_message(state))
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context

@@ -5,12 +5,21 @@ keyed `<account_id>/<transfer_id>`, one document per account a transfer touches,
 ListTransfers is one indexed query. The debit, the credit and the refund each carry
 both account ids and update all three documents; the debit's position orders them. A
 rejected credit leaves the transfer PENDING until its refund.
+
+As-of queries (GetAccountAsOf) read three history collections, one row per event,
+keyed `<account_id>/<version:020d>`: `account_history` (every account event: its
+version, position and time, plus `at_key` ordering by time then version),
+`balance_history` (the events that set the balance) and `status_history` (the events
+that set the status). Handlers see only their event, so each row holds what that
+event determines; the state as of version v is the last row of each collection at or
+before v, three descending limit-1 index lookups. Owner, currency and opening time
+never change and come from the `accounts` document.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ledger.domain import transfers
 from ledger.domain.accounts import (
@@ -38,6 +47,11 @@ ACCOUNTS = "accounts"
 TRANSACTIONS = "transactions"
 TRANSFERS = "transfers"
 ACCOUNT_TRANSFERS = "account_transfers"
+ACCOUNT_HISTORY = "account_history"
+BALANCE_HISTORY = "balance_history"
+STATUS_HISTORY = "status_history"
+AT_KEY = "at_key"
+"""The field account_history sorts on by time: `<timestamp>/<version:020d>`."""
 TRANSFER_ORDER = "debit_position"
 """The field ListTransfers sorts on: the log position of the transfer's debit."""
 
@@ -46,6 +60,9 @@ COLLECTIONS = (
     Collection(TRANSACTIONS, (Index(("account_id", "version")),)),
     Collection(TRANSFERS),
     Collection(ACCOUNT_TRANSFERS, (Index(("account_id", TRANSFER_ORDER)),)),
+    Collection(ACCOUNT_HISTORY, (Index(("account_id", "version")), Index(("account_id", AT_KEY)))),
+    Collection(BALANCE_HISTORY, (Index(("account_id", "version")),)),
+    Collection(STATUS_HISTORY, (Index(("account_id", "version")),)),
 )
 
 codec = EventCodec({**EVENT_TYPES, **transfers.EVENT_TYPES})
@@ -53,7 +70,7 @@ codec = EventCodec({**EVENT_TYPES, **transfers.EVENT_TYPES})
 # was refused is an orphan); they are subscribed to for views that may come later.
 projection = Projection(
     name="banking",
-    version=1,
+    version=2,  # 2: the history collections (a new checkpoint replays the whole log)
     codec=codec,
     categories=("account", "transfer"),
     collections=COLLECTIONS,
@@ -64,17 +81,59 @@ AnyTransferEvent = TransferMovement | TransferCreditRejected | TransferSettled
 
 
 def timestamp(at: datetime) -> str:
-    """ISO-8601 in UTC: readable in any store and orderable as text."""
-    return at.isoformat()
+    """ISO-8601 in UTC, always with microseconds and `+00:00`: readable in any store
+    and, being fixed-width (years 1 to 9999), orderable as text."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _account_change(key: str, r: RecordedEvent, at: datetime, **fields: Scalar) -> Upsert:
-    return Upsert(
+def at_key(at: str, version: int) -> str:
+    """account_history's time order: by time, then by version among equal times."""
+    return f"{at}/{version:020d}"
+
+
+def _history_key(account_id: str, version: int) -> str:
+    return f"{account_id}/{version:020d}"
+
+
+def _account_change(
+    key: str,
+    r: RecordedEvent,
+    at: datetime,
+    *,
+    balance_minor: int | None = None,
+    status: str | None = None,
+    **fields: Scalar,
+) -> Iterator[Upsert]:
+    """The account's document, and its history rows for the as-of queries."""
+    updated_at = timestamp(at)
+    changed: dict[str, Scalar] = dict(fields)
+    if balance_minor is not None:
+        changed["balance_minor"] = balance_minor
+    if status is not None:
+        changed["status"] = status
+    yield Upsert(
         ACCOUNTS,
         key,
-        {**fields, "version": r.version, "position": r.position, "updated_at": timestamp(at)},
+        {**changed, "version": r.version, "position": r.position, "updated_at": updated_at},
         r.position,
     )
+    row = _history_key(key, r.version)
+    base: dict[str, Scalar] = {"account_id": key, "version": r.version}
+    yield Upsert(
+        ACCOUNT_HISTORY,
+        row,
+        {
+            **base,
+            "position": r.position,
+            "updated_at": updated_at,
+            AT_KEY: at_key(updated_at, r.version),
+        },
+        r.position,
+    )
+    if balance_minor is not None:
+        yield Upsert(BALANCE_HISTORY, row, {**base, "balance_minor": balance_minor}, r.position)
+    if status is not None:
+        yield Upsert(STATUS_HISTORY, row, {**base, "status": status}, r.position)
 
 
 def _transaction(
@@ -125,7 +184,7 @@ def _transfer_change(
 
 @projection.on(AccountOpened)
 def on_account_opened(e: AccountOpened, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(
+    yield from _account_change(
         e.account_id,
         r,
         e.opened_at,
@@ -140,34 +199,34 @@ def on_account_opened(e: AccountOpened, r: RecordedEvent) -> Iterator[Upsert]:
 
 @projection.on(FundsDeposited)
 def on_funds_deposited(e: FundsDeposited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
     yield _transaction(e, r, "DEPOSIT", description=e.description)
 
 
 @projection.on(FundsWithdrawn)
 def on_funds_withdrawn(e: FundsWithdrawn, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
     yield _transaction(e, r, "WITHDRAWAL", description=e.description)
 
 
 @projection.on(AccountClosed)
 def on_account_closed(e: AccountClosed, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.closed_at, status=AccountStatus.CLOSED.value)
+    yield from _account_change(e.account_id, r, e.closed_at, status=AccountStatus.CLOSED.value)
 
 
 @projection.on(AccountFrozen)
 def on_account_frozen(e: AccountFrozen, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.frozen_at, status=AccountStatus.FROZEN.value)
+    yield from _account_change(e.account_id, r, e.frozen_at, status=AccountStatus.FROZEN.value)
 
 
 @projection.on(AccountUnfrozen)
 def on_account_unfrozen(e: AccountUnfrozen, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.unfrozen_at, status=AccountStatus.OPEN.value)
+    yield from _account_change(e.account_id, r, e.unfrozen_at, status=AccountStatus.OPEN.value)
 
 
 @projection.on(TransferDebited)
 def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,
@@ -193,7 +252,7 @@ def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert
 
 @projection.on(TransferCredited)
 def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,
@@ -215,17 +274,17 @@ def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upse
 @projection.on(TransferCreditRejected)
 def on_transfer_credit_rejected(e: TransferCreditRejected, r: RecordedEvent) -> Iterator[Upsert]:
     # The transfer stays PENDING until the source is refunded.
-    yield _account_change(e.account_id, r, e.occurred_at)
+    yield from _account_change(e.account_id, r, e.occurred_at)
 
 
 @projection.on(TransferSettled)
 def on_transfer_settled(e: TransferSettled, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at)
+    yield from _account_change(e.account_id, r, e.occurred_at)
 
 
 @projection.on(TransferRefunded)
 def on_transfer_refunded(e: TransferRefunded, r: RecordedEvent) -> Iterator[Upsert]:
-    yield _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,

@@ -27,7 +27,7 @@ from ledger.v1 import account_pb2 as ledger_dot_v1_dot_account__pb2
 from ledger.v1 import transfer_pb2 as ledger_dot_v1_dot_transfer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ledger/v1/account_query_service.proto\x12\tledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17ledger/v1/account.proto\x1a\x18ledger/v1/transfer.proto\"=\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_position\x18\x02 \x01(\x04\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\x90\x01\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.ledger.v1.AccountStatus\x12\x14\n\x0cmin_position\x18\x05 \x01(\x04\"U\n\x14ListAccountsResponse\x12$\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x17ListTransactionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cmin_position\x18\x04 \x01(\x04\"a\n\x18ListTransactionsResponse\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.ledger.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x1aGetProjectionStatusRequest\x12\x14\n\x0cmin_position\x18\x01 \x01(\x04\"l\n\x1bGetProjectionStatusResponse\x12\x1b\n\x13\x63heckpoint_position\x18\x01 \x01(\x04\x12\x30\n\x0bprojections\x18\x02 \x03(\x0b\x32\x1b.ledger.v1.ProjectionStatus\"m\n\x10ProjectionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13\x63heckpoint_position\x18\x02 \x01(\x04\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_position\x18\x02 \x01(\x04\"<\n\x13GetTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer\"g\n\x14ListTransfersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cmin_position\x18\x04 \x01(\x04\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x96\x04\n\x13\x41\x63\x63ountQueryService\x12I\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x1d.ledger.v1.GetAccountResponse\x12O\n\x0cListAccounts\x12\x1e.ledger.v1.ListAccountsRequest\x1a\x1f.ledger.v1.ListAccountsResponse\x12[\n\x10ListTransactions\x12\".ledger.v1.ListTransactionsRequest\x1a#.ledger.v1.ListTransactionsResponse\x12\x64\n\x13GetProjectionStatus\x12%.ledger.v1.GetProjectionStatusRequest\x1a&.ledger.v1.GetProjectionStatusResponse\x12L\n\x0bGetTransfer\x12\x1d.ledger.v1.GetTransferRequest\x1a\x1e.ledger.v1.GetTransferResponse\x12R\n\rListTransfers\x12\x1f.ledger.v1.ListTransfersRequest\x1a .ledger.v1.ListTransfersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ledger/v1/account_query_service.proto\x12\tledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17ledger/v1/account.proto\x1a\x18ledger/v1/transfer.proto\"=\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_position\x18\x02 \x01(\x04\"9\n\x12GetAccountResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\x95\x01\n\x15GetAccountAsOfRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x17\n\ras_of_version\x18\x03 \x01(\x03H\x00\x12\x14\n\x0cmin_position\x18\x04 \x01(\x04\x42\x07\n\x05\x61s_of\"=\n\x16GetAccountAsOfResponse\x12#\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x12.ledger.v1.Account\"\x90\x01\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x12\n\nowner_name\x18\x03 \x01(\t\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.ledger.v1.AccountStatus\x12\x14\n\x0cmin_position\x18\x05 \x01(\x04\"U\n\x14ListAccountsResponse\x12$\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x12.ledger.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"j\n\x17ListTransactionsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cmin_position\x18\x04 \x01(\x04\"a\n\x18ListTransactionsResponse\x12,\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x16.ledger.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x1aGetProjectionStatusRequest\x12\x14\n\x0cmin_position\x18\x01 \x01(\x04\"l\n\x1bGetProjectionStatusResponse\x12\x1b\n\x13\x63heckpoint_position\x18\x01 \x01(\x04\x12\x30\n\x0bprojections\x18\x02 \x03(\x0b\x32\x1b.ledger.v1.ProjectionStatus\"m\n\x10ProjectionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13\x63heckpoint_position\x18\x02 \x01(\x04\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x14\n\x0cmin_position\x18\x02 \x01(\x04\"<\n\x13GetTransferResponse\x12%\n\x08transfer\x18\x01 \x01(\x0b\x32\x13.ledger.v1.Transfer\"g\n\x14ListTransfersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cmin_position\x18\x04 \x01(\x04\"X\n\x15ListTransfersResponse\x12&\n\ttransfers\x18\x01 \x03(\x0b\x32\x13.ledger.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xed\x04\n\x13\x41\x63\x63ountQueryService\x12I\n\nGetAccount\x12\x1c.ledger.v1.GetAccountRequest\x1a\x1d.ledger.v1.GetAccountResponse\x12U\n\x0eGetAccountAsOf\x12 .ledger.v1.GetAccountAsOfRequest\x1a!.ledger.v1.GetAccountAsOfResponse\x12O\n\x0cListAccounts\x12\x1e.ledger.v1.ListAccountsRequest\x1a\x1f.ledger.v1.ListAccountsResponse\x12[\n\x10ListTransactions\x12\".ledger.v1.ListTransactionsRequest\x1a#.ledger.v1.ListTransactionsResponse\x12\x64\n\x13GetProjectionStatus\x12%.ledger.v1.GetProjectionStatusRequest\x1a&.ledger.v1.GetProjectionStatusResponse\x12L\n\x0bGetTransfer\x12\x1d.ledger.v1.GetTransferRequest\x1a\x1e.ledger.v1.GetTransferResponse\x12R\n\rListTransfers\x12\x1f.ledger.v1.ListTransfersRequest\x1a .ledger.v1.ListTransfersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETACCOUNTREQUEST']._serialized_end=197
   _globals['_GETACCOUNTRESPONSE']._serialized_start=199
   _globals['_GETACCOUNTRESPONSE']._serialized_end=256
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=259
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=403
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=405
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=490
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=492
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=598
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=600
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=697
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=699
-  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=749
-  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_start=751
-  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_end=859
-  _globals['_PROJECTIONSTATUS']._serialized_start=861
-  _globals['_PROJECTIONSTATUS']._serialized_end=970
-  _globals['_GETTRANSFERREQUEST']._serialized_start=972
-  _globals['_GETTRANSFERREQUEST']._serialized_end=1035
-  _globals['_GETTRANSFERRESPONSE']._serialized_start=1037
-  _globals['_GETTRANSFERRESPONSE']._serialized_end=1097
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1099
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1202
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1204
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1292
-  _globals['_ACCOUNTQUERYSERVICE']._serialized_start=1295
-  _globals['_ACCOUNTQUERYSERVICE']._serialized_end=1829
+  _globals['_GETACCOUNTASOFREQUEST']._serialized_start=259
+  _globals['_GETACCOUNTASOFREQUEST']._serialized_end=408
+  _globals['_GETACCOUNTASOFRESPONSE']._serialized_start=410
+  _globals['_GETACCOUNTASOFRESPONSE']._serialized_end=471
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=474
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=618
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=620
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=705
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=707
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=813
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=815
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=912
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_start=914
+  _globals['_GETPROJECTIONSTATUSREQUEST']._serialized_end=964
+  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_start=966
+  _globals['_GETPROJECTIONSTATUSRESPONSE']._serialized_end=1074
+  _globals['_PROJECTIONSTATUS']._serialized_start=1076
+  _globals['_PROJECTIONSTATUS']._serialized_end=1185
+  _globals['_GETTRANSFERREQUEST']._serialized_start=1187
+  _globals['_GETTRANSFERREQUEST']._serialized_end=1250
+  _globals['_GETTRANSFERRESPONSE']._serialized_start=1252
+  _globals['_GETTRANSFERRESPONSE']._serialized_end=1312
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1314
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1417
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1419
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1507
+  _globals['_ACCOUNTQUERYSERVICE']._serialized_start=1510
+  _globals['_ACCOUNTQUERYSERVICE']._serialized_end=2131
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,64 @@ class GetAccountResponse(_message.Message):
 Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
 
 @_typing.final
+class GetAccountAsOfRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    AS_OF_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    as_of_version: _builtins.int
+    """The state after the event with this stream version (0-based; must not be
+    negative), or the current state if the account has no such version yet.
+    """
+    min_position: _builtins.int
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """The state after the last event that occurred at or before this instant."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        as_of_version: _builtins.int = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "as_of_time", b"as_of_time", "as_of_version", b"as_of_version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of", b"as_of", "as_of_time", b"as_of_time", "as_of_version", b"as_of_version", "min_position", b"min_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_as_of: _TypeAlias = _typing.Literal["as_of_time", "as_of_version"]  # noqa: Y015
+    _WhichOneofArgType_as_of: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_as_of) -> _WhichOneofReturnType_as_of | None: ...
+
+Global___GetAccountAsOfRequest: _TypeAlias = GetAccountAsOfRequest  # noqa: Y015
+
+@_typing.final
+class GetAccountAsOfResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """version, position and updated_at are those of the event found."""
+
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountAsOfResponse: _TypeAlias = GetAccountAsOfResponse  # noqa: Y015
+
+@_typing.final
 class ListAccountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -43,6 +43,11 @@ class AccountQueryServiceStub:
                 request_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountResponse.FromString,
                 _registered_method=True)
+        self.GetAccountAsOf = channel.unary_unary(
+                '/ledger.v1.AccountQueryService/GetAccountAsOf',
+                request_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfResponse.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/ledger.v1.AccountQueryService/ListAccounts',
                 request_serializer=ledger_dot_v1_dot_account__query__service__pb2.ListAccountsRequest.SerializeToString,
@@ -79,6 +84,15 @@ class AccountQueryServiceServicer:
 
     def GetAccount(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountAsOf(self, request, context):
+        """The account exactly as it was after its last event at or before a time or a
+        stream version. NOT_FOUND before the account was opened; a later time or
+        version than the account's last event gives its current state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -123,6 +137,11 @@ def add_AccountQueryServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountResponse.SerializeToString,
+            ),
+            'GetAccountAsOf': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountAsOf,
+                    request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfResponse.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -181,6 +200,33 @@ class AccountQueryService:
             '/ledger.v1.AccountQueryService/GetAccount',
             ledger_dot_v1_dot_account__query__service__pb2.GetAccountRequest.SerializeToString,
             ledger_dot_v1_dot_account__query__service__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountAsOf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ledger.v1.AccountQueryService/GetAccountAsOf',
+            ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfRequest.SerializeToString,
+            ledger_dot_v1_dot_account__query__service__pb2.GetAccountAsOfResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class AccountQueryServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AccountQueryServiceAsyncStub: ...
     GetAccount: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.GetAccountRequest, _account_query_service_pb2.GetAccountResponse]
+    GetAccountAsOf: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.GetAccountAsOfRequest, _account_query_service_pb2.GetAccountAsOfResponse]
+    """The account exactly as it was after its last event at or before a time or a
+    stream version. NOT_FOUND before the account was opened; a later time or
+    version than the account's last event gives its current state.
+    """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.ListAccountsRequest, _account_query_service_pb2.ListAccountsResponse]
     """Accounts ordered by account_id."""
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransactionsRequest, _account_query_service_pb2.ListTransactionsResponse]
@@ -57,6 +62,11 @@ class AccountQueryServiceAsyncStub(AccountQueryServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAccount: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.GetAccountRequest, _account_query_service_pb2.GetAccountResponse]  # type: ignore[assignment]
+    GetAccountAsOf: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.GetAccountAsOfRequest, _account_query_service_pb2.GetAccountAsOfResponse]  # type: ignore[assignment]
+    """The account exactly as it was after its last event at or before a time or a
+    stream version. NOT_FOUND before the account was opened; a later time or
+    version than the account's last event gives its current state.
+    """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.ListAccountsRequest, _account_query_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """Accounts ordered by account_id."""
     ListTransactions: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransactionsRequest, _account_query_service_pb2.ListTransactionsResponse]  # type: ignore[assignment]
@@ -79,6 +89,17 @@ class AccountQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _account_query_service_pb2.GetAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_account_query_service_pb2.GetAccountResponse, _abc.Awaitable[_account_query_service_pb2.GetAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetAccountAsOf(
+        self,
+        request: _account_query_service_pb2.GetAccountAsOfRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_query_service_pb2.GetAccountAsOfResponse, _abc.Awaitable[_account_query_service_pb2.GetAccountAsOfResponse]]:
+        """The account exactly as it was after its last event at or before a time or a
+        stream version. NOT_FOUND before the account was opened; a later time or
+        version than the account's last event gives its current state.
+        """
 
     @_abc_1.abstractmethod
     def ListAccounts(

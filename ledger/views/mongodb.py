@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -304,6 +304,8 @@ class MongoViewStore:
         where: Mapping[str, Scalar],
         order_by: str,
         after: Scalar = None,
+        at_most: Scalar = None,
+        descending: bool = False,
         limit: int,
     ) -> list[Document]:
         if limit < 0:
@@ -314,10 +316,16 @@ class MongoViewStore:
         # (MongoDB would read limit 0 as "no limit").
         if limit == 0 or any(v is None for v in where.values()):
             return []
+        condition: dict[str, Scalar] = {}
         if after is not None:
-            bound = {order_by: {"$gt": after}}
+            condition["$lt" if descending else "$gt"] = after
+        if at_most is not None:
+            condition["$lte"] = at_most
+        if condition:
+            bound = {order_by: condition}
             query = {"$and": [query, bound]} if order_by in query else {**query, **bound}
         cursor = self._collection(collection).find(query, HIDDEN)
+        direction = DESCENDING if descending else ASCENDING
         async with self._available():
-            raws = await cursor.sort(order_by, ASCENDING).limit(limit).to_list()
+            raws = await cursor.sort(order_by, direction).limit(limit).to_list()
         return [_document(r) for r in raws]

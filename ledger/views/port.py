@@ -79,7 +79,14 @@ class ViewStore(Protocol):
         where: Mapping[str, Scalar],
         order_by: str,
         after: Scalar = None,
+        at_most: Scalar = None,
+        descending: bool = False,
         limit: int,
     ) -> list[Document]:
-        """Documents matching every `where` equality, ascending by `order_by` (a field
-        unique within the match), starting after the value `after` (keyset paging)."""
+        """Documents matching every `where` equality, ordered by `order_by` (a field
+        unique within the match; ascending unless `descending`), starting after the
+        value `after` in that order (keyset paging: greater when ascending, less when
+        descending), and with `order_by` at most `at_most` (inclusive) when it is set.
+
+        `descending=True, at_most=x, limit=1` finds the last document at or before x
+        with one indexed lookup (as-of queries)."""

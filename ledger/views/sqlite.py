@@ -165,17 +165,22 @@ class SqliteViewStore:
         where: Mapping[str, Scalar],
         order_by: str,
         after: Scalar = None,
+        at_most: Scalar = None,
+        descending: bool = False,
         limit: int,
     ) -> list[Document]:
         clauses = [f"{_column(field)} = ?" for field in where]
         params: list[Scalar] = list(where.values())
         if after is not None:
-            clauses.append(f"{_column(order_by)} > ?")
+            clauses.append(f"{_column(order_by)} {'<' if descending else '>'} ?")
             params.append(after)
+        if at_most is not None:
+            clauses.append(f"{_column(order_by)} <= ?")
+            params.append(at_most)
         sql = (
             f"SELECT key, doc FROM {_table(collection)}"
             f"{' WHERE ' + ' AND '.join(clauses) if clauses else ''}"
-            f" ORDER BY {_column(order_by)} LIMIT ?"
+            f" ORDER BY {_column(order_by)}{' DESC' if descending else ''} LIMIT ?"
         )
         params.append(limit)
 

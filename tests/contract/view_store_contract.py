@@ -230,6 +230,73 @@ class ViewStoreContract:
         )
         assert [d["seq"] for d in found] == [10, 30]
 
+    async def test_find_descending(self, views: ViewStore, names: Names) -> None:
+        await self.seed(views, names)
+        found = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", descending=True, limit=10
+        )
+        assert [d["seq"] for d in found] == [30, 10, 2, 1]
+        by_key = await views.find(names.people, where={}, order_by=KEY, descending=True, limit=2)
+        assert [d[KEY] for d in by_key] == ["p5", "p4"]
+
+    async def test_find_descending_after_a_value_pages_downwards(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed(views, names)
+        found = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", after=10, descending=True, limit=10
+        )
+        assert [d["seq"] for d in found] == [2, 1]
+
+    async def test_find_at_most_is_an_inclusive_upper_bound(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed(views, names)
+        up_to_ten = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", at_most=10, limit=10
+        )
+        assert [d["seq"] for d in up_to_ten] == [1, 2, 10]
+        below_ten = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", at_most=9, limit=10
+        )
+        assert [d["seq"] for d in below_ten] == [1, 2]
+        between = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", after=1, at_most=10, limit=10
+        )
+        assert [d["seq"] for d in between] == [2, 10]
+        none = await views.find(
+            names.people, where={"team": "red"}, order_by="seq", at_most=0, limit=10
+        )
+        assert none == []
+
+    async def test_the_last_document_at_or_before_a_value(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        """descending + at_most + limit 1: the as-of lookup."""
+        await self.seed(views, names)
+
+        async def last(at_most: Scalar) -> list[Scalar]:
+            found = await views.find(
+                names.people,
+                where={"team": "red"},
+                order_by="seq",
+                at_most=at_most,
+                descending=True,
+                limit=1,
+            )
+            return [d[KEY] for d in found]
+
+        assert await last(10) == ["p1"]
+        assert await last(29) == ["p1"]
+        assert await last(30) == ["p5"]
+        assert await last(10**12) == ["p5"]
+        assert await last(1) == ["p4"]
+        assert await last(0) == []
+        text = await views.find(
+            names.people, where={}, order_by=KEY, at_most="p3~", descending=True, limit=1
+        )
+        assert [d[KEY] for d in text] == ["p3"]
+
     async def test_keyset_paging_visits_every_match_once(
         self, views: ViewStore, names: Names
     ) -> None:

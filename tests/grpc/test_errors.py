@@ -48,6 +48,8 @@ class FailingReads:
         where: Mapping[str, Scalar],
         order_by: str,
         after: Scalar = None,
+        at_most: Scalar = None,
+        descending: bool = False,
         limit: int,
     ) -> list[Document]:
         raise self._error

@@ -128,7 +128,7 @@ async def test_projection_status_reports_the_checkpoint(client: LedgerClient) ->
         qry.GetProjectionStatusRequest(min_position=opened.position)
     )
     assert status.checkpoint_position >= opened.position
-    assert [p.name for p in status.projections] == ["banking-v1"]
+    assert [p.name for p in status.projections] == ["banking-v2"]
     assert status.projections[0].checkpoint_position == status.checkpoint_position
     assert status.projections[0].HasField("updated_at")
 

@@ -1,0 +1,1 @@
+"""As-of queries (GetAccountAsOf) against the views."""
