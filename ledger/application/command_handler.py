@@ -180,7 +180,7 @@ class CommandHandler(Generic[S, C, E]):
 
     def _apply(self, loaded: _Loaded[S], recorded: list[RecordedEvent]) -> _Loaded[S]:
         state = loaded.state
-        requests = dict(loaded.requests)
+        requests = loaded.requests  # in place, as in _remember
         for r in recorded:
             state = self._decider.evolve(state, self._codec.decode_recorded(r))  # type: ignore[arg-type]
             meta = EventMetadata.from_bytes(r.metadata)
@@ -200,12 +200,11 @@ class CommandHandler(Generic[S, C, E]):
         position: int,
     ) -> None:
         first = version - len(events) + 1
+        # Updated in place: the map holds one entry per past request, and copying it on
+        # every command would make a command's cost grow with the stream's history.
         requests = loaded.requests
         if metadata.request_id:
-            requests = {
-                **requests,
-                metadata.request_id: _Request(metadata.fingerprint, first, version, position),
-            }
+            requests[metadata.request_id] = _Request(metadata.fingerprint, first, version, position)
         self._cache[stream] = replace(
             loaded,
             state=self._decider.fold(loaded.state, events),

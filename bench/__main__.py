@@ -1,0 +1,393 @@
+"""`python -m bench [--quick]`: runs every scenario, prints the figures, writes
+bench-results/results.json (and chart.png when matplotlib is installed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench import inproc, report
+from bench.loadgen import (
+    DEPOSIT_HOT,
+    DEPOSIT_SPREAD,
+    GET_ACCOUNT,
+    WRITE_READ,
+    Load,
+    LoadResult,
+    run_load,
+)
+from ledger.v1 import account_query_service_pb2 as query_pb
+from ledger.v1 import account_query_service_pb2_grpc as query_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support.processes import COMMAND_SERVER, PROJECTOR, QUERY_SERVER, Stack  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    accounts: int
+    warmup: float
+    duration: float
+    processes: int
+    concurrency: int
+    peer_deposits: int
+    peer_accounts: int
+    long_stream: int
+    cold_samples: int
+    warm_samples: int
+    catchup_events: int
+    catchup_cap_s: float  # stop the catch-up here and report the rate so far
+
+
+FULL = Profile("full", 10_000, 2.0, 10.0, 4, 8, 5_000, 100, 100_000, 3, 300, 1_000_000, 300.0)
+QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 3, 100, 100_000, 60.0)
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a running process, in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+class Ceiling:
+    """The bare grpc.aio server in a subprocess."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.ceiling", str(self.port)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the ceiling server did not start")
+        self.target = f"127.0.0.1:{self.port}"
+
+    def close(self) -> float | None:
+        rss = peak_rss_mib(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(10)
+        return rss
+
+
+def wait_projected(target: str, account: str, position: int) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stub = query_grpc.AccountQueryServiceStub(channel)
+        stub.GetAccount(
+            query_pb.GetAccountRequest(account_id=account, min_position=position), timeout=120
+        )
+
+
+def get_balance(target: str, account: str, position: int) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = query_grpc.AccountQueryServiceStub(channel)
+        response = stub.GetAccount(
+            query_pb.GetAccountRequest(account_id=account, min_position=position), timeout=120
+        )
+        return int(response.account.balance_minor)
+
+
+def ratio(value: float, baseline: float) -> float:
+    return round(value / baseline, 3) if baseline else float("nan")
+
+
+def load(
+    profile: Profile, kind: str, label: str, cmd: str, query: str, ids: list[str]
+) -> LoadResult:
+    result = run_load(
+        Load(
+            kind=kind,
+            command_target=cmd,
+            query_target=query,
+            accounts=tuple(ids),
+            processes=profile.processes,
+            concurrency=profile.concurrency,
+            warmup=profile.warmup,
+            duration=profile.duration,
+            label=label,
+        )
+    )
+    log(f"{label}: {result.throughput:.0f}/s, p99 {result.summary()['p99_ms']} ms")
+    return result
+
+
+def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
+    ids = [f"acct-{i:05d}" for i in range(profile.accounts)]
+    data = work / "served"
+    log(f"opening {len(ids)} accounts in-process")
+    seconds = asyncio.run(inproc.open_accounts(data / "data", [*ids, "hot-0"]))
+    out["setup"] = {"accounts_opened": len(ids) + 1, "open_seconds": round(seconds, 2)}
+
+    ceiling = Ceiling()
+    try:
+        c_dep = load(
+            profile, DEPOSIT_SPREAD, "ceiling DepositFunds", ceiling.target, ceiling.target, ids
+        )
+        c_get = load(
+            profile, GET_ACCOUNT, "ceiling GetAccount", ceiling.target, ceiling.target, ids
+        )
+    finally:
+        out["memory"] = {"ceiling_server_peak_rss_mib": ceiling.close()}
+
+    stack = Stack(data)
+    log("starting command server, projector, query server")
+    stack.start()
+    try:
+        cmd, query = stack.command_target, stack.query_target
+        wait_projected(query, "hot-0", len(ids) + 1)
+        a = load(profile, DEPOSIT_SPREAD, "(a) deposits, 10k accounts", cmd, query, ids)
+        e = load(profile, GET_ACCOUNT, "(e) GetAccount", cmd, query, ids)
+        b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"])
+        balance = get_balance(query, "hot-0", b.max_position)
+        d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids)
+        for name in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER):
+            out["memory"][f"{name}_peak_rss_mib"] = peak_rss_mib(stack[name].proc.pid)  # type: ignore[union-attr]
+    finally:
+        stack.close()
+    out["memory"]["load_client_peak_rss_mib"] = round(
+        max(r.client_peak_rss_kib for r in (a, e, b, d)) / 1024, 1
+    )
+
+    out["ceiling"] = {"deposit": c_dep.summary(), "get_account": c_get.summary()}
+    out["a_deposits_spread"] = {
+        **a.summary(),
+        "ceiling_ratio": ratio(a.throughput, c_dep.throughput),
+        "target": ">= 0.5",
+        "met": ratio(a.throughput, c_dep.throughput) >= 0.5,
+    }
+    out["e_get_account"] = {
+        **e.summary(),
+        "ceiling_ratio": ratio(e.throughput, c_get.throughput),
+        "target": ">= 0.7",
+        "met": ratio(e.throughput, c_get.throughput) >= 0.7,
+    }
+    no_loss = balance == b.acked_amount if not b.errors else balance >= b.acked_amount
+    out["b_hot_account"] = {
+        **b.summary(),
+        "ceiling_ratio": ratio(b.throughput, c_dep.throughput),
+        "acknowledged_deposits": b.acked_count,
+        "acknowledged_sum_minor": b.acked_amount,
+        "final_balance_minor": balance,
+        "no_lost_deposit": no_loss,
+        "target": ">= 0.25 and no lost deposit",
+        "met": ratio(b.throughput, c_dep.throughput) >= 0.25 and no_loss,
+    }
+    d_summary = d.summary()
+    d_ratio = ratio(d_summary["p99_ms"], d_summary["write_p99_ms"])
+    out["d_write_then_read"] = {
+        **d_summary,
+        "p99_ratio_write_read_over_write": d_ratio,
+        "target": "<= 2.0",
+        "met": d_ratio <= 2.0,
+    }
+
+
+def peer_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
+    n, accounts = profile.peer_deposits, profile.peer_accounts
+    log(f"peer: {n} sequential deposits over {accounts} accounts, Ledger in-process")
+    ledger_rate = asyncio.run(inproc.ledger_sequential_deposits(work / "peer-ledger", accounts, n))
+    log("peer: the same through eventsourcing (no aggregate cache, its default)")
+    es_rate, version = inproc.eventsourcing_sequential_deposits(
+        work / "peer-es", accounts, n, False
+    )
+    log("peer: eventsourcing with AGGREGATE_CACHE_MAXSIZE")
+    es_cached, _ = inproc.eventsourcing_sequential_deposits(work / "peer-es", accounts, n, True)
+    out["peer"] = {
+        "eventsourcing_version": version,
+        "deposits": n,
+        "accounts": accounts,
+        "concurrency": "sequential (one deposit at a time, each awaited/committed)",
+        "ledger_per_s": round(ledger_rate, 1),
+        "eventsourcing_per_s": round(es_rate, 1),
+        "eventsourcing_cached_per_s": round(es_cached, 1),
+        "ratio": ratio(ledger_rate, es_rate),
+        "ratio_vs_cached": ratio(ledger_rate, es_cached),
+        "target": ">= 2.0",
+        "met": ratio(ledger_rate, es_rate) >= 2.0,
+    }
+
+
+def long_stream_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
+    data = work / "long"
+    log(f"(c) appending a {profile.long_stream}-event stream")
+    started = time.perf_counter()
+    asyncio.run(inproc.build_streams(data, 1, profile.long_stream))
+    built = time.perf_counter() - started
+    log("(c) measuring deposits, cold and warm")
+    figures = asyncio.run(
+        inproc.long_stream_deposits(data, profile.cold_samples, profile.warm_samples)
+    )
+    out["c_long_stream"] = {
+        "stream_events": profile.long_stream,
+        "build_seconds": round(built, 2),
+        **figures,
+        "target": "<= 1.5 (long/fresh p50)",
+        "met_warm": figures["warm_ratio"] <= 1.5,
+        "met_cold": figures["cold_ratio"] <= 1.5,
+    }
+
+
+def catchup_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
+    data = work / "catchup"
+    per_account = 100
+    n_accounts = profile.catchup_events // per_account
+    log(f"(f) appending {profile.catchup_events} events over {n_accounts} accounts")
+    started = time.perf_counter()
+    head = asyncio.run(inproc.build_streams(data / "data", n_accounts, per_account))
+    built = time.perf_counter() - started
+    count, seconds = inproc.storage_ceiling(data / "data")
+    log(f"(f) storage ceiling: {count / seconds:.0f} events/s; starting the projector")
+    stack = Stack(data)
+    views = data / "data" / "views.sqlite3"
+    started = time.perf_counter()
+    stack.start(PROJECTOR)
+    try:
+        position = 0
+        while position < head and time.perf_counter() - started < profile.catchup_cap_s:
+            time.sleep(0.2)
+            position = _checkpoint(views)
+            elapsed = time.perf_counter() - started
+            sys.stderr.write(
+                f"\r  (f) projector catch-up {position:>9}/{head} events "
+                f"{position / max(elapsed, 1e-9):>8.0f}/s "
+            )
+            sys.stderr.flush()
+        elapsed = time.perf_counter() - started
+        sys.stderr.write("\n")
+        rss = peak_rss_mib(stack[PROJECTOR].proc.pid)  # type: ignore[union-attr]
+    finally:
+        stack.close()
+    rate, ceiling = position / elapsed, count / seconds
+    out["f_catchup"] = {
+        "events": head,
+        "events_applied": position,
+        "complete": position >= head,
+        "build_seconds": round(built, 2),
+        "projector_seconds": round(elapsed, 2),
+        "projector_events_per_s": round(rate, 1),
+        "storage_ceiling_events_per_s": round(ceiling, 1),
+        "ceiling_ratio": ratio(rate, ceiling),
+        "projector_peak_rss_mib": rss,
+        "target": ">= 0.3",
+        "met": ratio(rate, ceiling) >= 0.3,
+    }
+
+
+def _checkpoint(views: Path) -> int:
+    import sqlite3
+
+    if not views.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{views}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT MAX(position) FROM checkpoints").fetchone()
+        return int(row[0] or 0)
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+SCENARIOS = {
+    "served": served_scenarios,
+    "peer": peer_scenario,
+    "long": long_stream_scenario,
+    "catchup": catchup_scenario,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter windows (about 2 minutes)")
+    parser.add_argument(
+        "--only", choices=sorted(SCENARIOS), action="append", help="run only these groups"
+    )
+    parser.add_argument("--processes", type=int, help="load client processes (default 4)")
+    parser.add_argument("--concurrency", type=int, help="tasks per client process (default 8)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
+    args = parser.parse_args()
+    profile = QUICK if args.quick else FULL
+    if args.processes or args.concurrency:
+        from dataclasses import replace
+
+        profile = replace(
+            profile,
+            processes=args.processes or profile.processes,
+            concurrency=args.concurrency or profile.concurrency,
+        )
+    results: dict[str, Any] = {
+        "profile": profile.__dict__,
+        "machine": machine(),
+        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        for name in args.only or list(SCENARIOS):
+            SCENARIOS[name](profile, Path(tmp), results)
+    results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"results-{profile.name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(report.table(results))
+    chart = report.chart(results, args.out / "chart.png")
+    print(
+        f"\nresults: {path}"
+        + (f"\nchart: {chart}" if chart else "\nchart: skipped (no matplotlib)")
+    )
+    print(f"elapsed: {results['elapsed_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

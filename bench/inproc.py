@@ -1,0 +1,204 @@
+"""In-process measurements: Ledger's command path without gRPC, the eventsourcing peer,
+long streams, building event logs fast, and the storage ceiling for catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ledger.application.command_handler import CommandHandler
+from ledger.banking.views import codec
+from ledger.domain import accounts
+from ledger.eventstore.codec import EventMetadata
+from ledger.eventstore.port import NO_STREAM, NewEvent
+from ledger.eventstore.sqlite import SqliteEventStore
+
+EVENTS_FILE = "events.sqlite3"
+
+
+def _handler(store: SqliteEventStore) -> CommandHandler[Any, Any, Any]:
+    return CommandHandler(store, accounts.accounts, codec)
+
+
+async def _deposit(handler: CommandHandler[Any, Any, Any], account: str, amount: int) -> None:
+    request_id = f"dep-{uuid.uuid4().hex}"
+    command = accounts.DepositFunds(account, amount, "EUR", "bench", datetime.now(UTC))
+    await handler.handle(account, command, request_id=request_id, fingerprint=request_id)
+
+
+async def _open(handler: CommandHandler[Any, Any, Any], account: str) -> None:
+    command = accounts.OpenAccount(account, f"Owner {account}", "EUR", datetime.now(UTC))
+    await handler.handle(account, command, request_id=f"open-{account}", fingerprint=account)
+
+
+async def open_accounts(data_dir: Path, ids: list[str], concurrency: int = 256) -> float:
+    """Open accounts through the in-process command path (concurrently: group commit)."""
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, before timing)
+    store = SqliteEventStore(data_dir / EVENTS_FILE)
+    await store.open()
+    started = time.perf_counter()
+    try:
+        handler = _handler(store)
+        for i in range(0, len(ids), concurrency):
+            await asyncio.gather(*(_open(handler, a) for a in ids[i : i + concurrency]))
+    finally:
+        await store.close()
+    return time.perf_counter() - started
+
+
+async def ledger_sequential_deposits(data_dir: Path, n_accounts: int, deposits: int) -> float:
+    """Deposits per second, one after another, through CommandHandler + SqliteEventStore."""
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, before timing)
+    store = SqliteEventStore(data_dir / EVENTS_FILE)
+    await store.open()
+    try:
+        handler = _handler(store)
+        ids = [f"peer-{i}" for i in range(n_accounts)]
+        for a in ids:
+            await _open(handler, a)
+        started = time.perf_counter()
+        for i in range(deposits):
+            await _deposit(handler, ids[i % n_accounts], 10)
+        elapsed = time.perf_counter() - started
+    finally:
+        await store.close()
+    return deposits / elapsed
+
+
+def eventsourcing_sequential_deposits(
+    data_dir: Path, n_accounts: int, deposits: int, cache: bool
+) -> tuple[float, str]:
+    """The same deposits through the eventsourcing library's Application on its SQLite."""
+    from importlib.metadata import version
+
+    from bench.peer_es import Bank
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(data_dir / ("es-cached.sqlite3" if cache else "es.sqlite3")),
+    }
+    if cache:
+        env["AGGREGATE_CACHE_MAXSIZE"] = str(n_accounts * 2)
+    app = Bank(env=env)
+    try:
+        ids = [app.open(f"peer-{i}") for i in range(n_accounts)]
+        started = time.perf_counter()
+        for i in range(deposits):
+            app.deposit(ids[i % n_accounts], 10)
+        elapsed = time.perf_counter() - started
+    finally:
+        app.close()
+    return deposits / elapsed, version("eventsourcing")
+
+
+def _deposit_events(account: str, start_balance: int, count: int, tag: str) -> list[NewEvent]:
+    out = []
+    balance = start_balance
+    for i in range(count):
+        balance += 10
+        event = accounts.FundsDeposited(
+            account_id=account,
+            amount_minor=10,
+            currency="EUR",
+            description="bench",
+            balance_after_minor=balance,
+            occurred_at=datetime.now(UTC),
+        )
+        name, data = codec.encode(event)
+        request_id = f"{tag}-{i}"
+        meta = EventMetadata(request_id, request_id, request_id, request_id).to_bytes()
+        out.append(NewEvent(event_id=uuid.uuid4(), type=name, data=data, metadata=meta))
+    return out
+
+
+def _opened_event(account: str) -> NewEvent:
+    name, data = codec.encode(
+        accounts.AccountOpened(account, f"Owner {account}", "EUR", datetime.now(UTC))
+    )
+    meta = EventMetadata(f"open-{account}", account, f"open-{account}", "").to_bytes()
+    return NewEvent(event_id=uuid.uuid4(), type=name, data=data, metadata=meta)
+
+
+async def build_streams(
+    data_dir: Path, n_accounts: int, events_per_account: int, batch: int = 1000
+) -> int:
+    """Append `n_accounts` streams of an opening plus deposits straight into the store,
+    many streams at once (group commit); returns the head position."""
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, before timing)
+    store = SqliteEventStore(data_dir / EVENTS_FILE)
+    await store.open()
+
+    async def one(account: str) -> None:
+        stream = accounts.accounts.stream_for(account)
+        version, written = NO_STREAM, 0
+        pending: list[NewEvent] = [_opened_event(account)]
+        while written < events_per_account:
+            take = min(batch, events_per_account - written) - len(pending)
+            pending += _deposit_events(
+                account, 10 * max(0, written - 1), take, f"b-{account}-{written}"
+            )
+            result = await store.append(stream, pending, version)
+            version, written, pending = result.version, written + len(pending), []
+
+    try:
+        names = [f"bulk-{i}" for i in range(n_accounts)]
+        for i in range(0, len(names), 200):
+            await asyncio.gather(*(one(a) for a in names[i : i + 200]))
+        return await store.head_position()
+    finally:
+        await store.close()
+
+
+async def long_stream_deposits(
+    data_dir: Path, cold_samples: int, warm_samples: int
+) -> dict[str, Any]:
+    """p50 of one deposit on a 100,000-event stream vs on a fresh one, cold and warm."""
+    store = SqliteEventStore(data_dir / EVENTS_FILE)
+    await store.open()
+    try:
+        fresh = "fresh-0"
+        handler = _handler(store)
+        await _open(handler, fresh)
+
+        async def timed(h: CommandHandler[Any, Any, Any], account: str) -> float:
+            started = time.perf_counter()
+            await _deposit(h, account, 10)
+            return (time.perf_counter() - started) * 1000
+
+        out: dict[str, Any] = {}
+        for label, account in (("long", "bulk-0"), ("fresh", fresh)):
+            cold = [await timed(_handler(store), account) for _ in range(cold_samples)]
+            warm_handler = _handler(store)
+            await timed(warm_handler, account)  # fills the cache
+            warm = [await timed(warm_handler, account) for _ in range(warm_samples)]
+            out[f"{label}_cold_p50_ms"] = round(statistics.median(cold), 3)
+            out[f"{label}_warm_p50_ms"] = round(statistics.median(warm), 3)
+        out["cold_ratio"] = round(out["long_cold_p50_ms"] / out["fresh_cold_p50_ms"], 2)
+        out["warm_ratio"] = round(out["long_warm_p50_ms"] / out["fresh_warm_p50_ms"], 2)
+        return out
+    finally:
+        await store.close()
+
+
+def storage_ceiling(data_dir: Path) -> tuple[int, float]:
+    """Read every event row straight from the SQLite file: (events, seconds)."""
+    conn = sqlite3.connect(f"file:{data_dir / EVENTS_FILE}?mode=ro", uri=True)
+    try:
+        started = time.perf_counter()
+        cursor = conn.execute(
+            "SELECT event_id, stream, version, position, type, data, metadata, recorded_at"
+            " FROM events ORDER BY position"
+        )
+        count = 0
+        while rows := cursor.fetchmany(1000):
+            count += len(rows)
+        return count, time.perf_counter() - started
+    finally:
+        conn.close()

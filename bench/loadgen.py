@@ -1,0 +1,225 @@
+"""The load generator: N client processes over real gRPC on loopback, each running a
+fixed number of asyncio tasks that issue calls back to back (closed loop).
+
+All processes share one timeline: a warm-up, then a measured window. A call counts if
+it starts and ends inside the window; its latency is kept raw and the parent merges
+the raw latencies of every process before taking percentiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import random
+import resource
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from ledger.v1 import account_command_service_pb2 as cmd_pb
+from ledger.v1 import account_command_service_pb2_grpc as cmd_grpc
+from ledger.v1 import account_query_service_pb2 as query_pb
+from ledger.v1 import account_query_service_pb2_grpc as query_grpc
+
+CALL_TIMEOUT = 30.0
+# The kinds of load: what each task does in one iteration.
+DEPOSIT_SPREAD = "deposit_spread"  # a deposit on a random account among `accounts`
+DEPOSIT_HOT = "deposit_hot"  # a deposit on the one account accounts[0]
+GET_ACCOUNT = "get_account"  # GetAccount on a random account
+WRITE_READ = "write_read"  # a deposit, then GetAccount with min_position = its position
+
+
+@dataclass(frozen=True)
+class Load:
+    kind: str
+    command_target: str
+    query_target: str
+    accounts: tuple[str, ...]
+    processes: int = 4
+    concurrency: int = 8
+    warmup: float = 2.0
+    duration: float = 10.0
+    label: str = ""
+
+
+@dataclass
+class LoadResult:
+    label: str
+    ops: int
+    errors: int
+    duration: float
+    latencies_ms: list[float] = field(repr=False)
+    write_latencies_ms: list[float] = field(repr=False)
+    acked_amount: int = 0  # every acknowledged deposit, warm-up included
+    acked_count: int = 0
+    max_position: int = 0
+    client_peak_rss_kib: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.ops / self.duration
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ops": self.ops,
+            "errors": self.errors,
+            "window_s": self.duration,
+            "throughput_per_s": round(self.throughput, 1),
+            **{f"{k}_ms": v for k, v in percentiles(self.latencies_ms).items()},
+            "client_peak_rss_mib": round(self.client_peak_rss_kib / 1024, 1),
+        }
+        if self.write_latencies_ms:
+            out.update(
+                {f"write_{k}_ms": v for k, v in percentiles(self.write_latencies_ms).items()}
+            )
+        return out
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+async def _client(load: Load, index: int, start: float, progress: Any) -> dict[str, Any]:
+    warm_end = start + load.warmup
+    end = warm_end + load.duration
+    rng = random.Random(index)
+    tag = uuid.uuid4().hex[:8]
+    latencies: list[float] = []
+    writes: list[float] = []
+    state = {"ops": 0, "errors": 0, "amount": 0, "count": 0, "max_position": 0, "seq": 0}
+    hot = load.kind == DEPOSIT_HOT
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with (
+        grpc.aio.insecure_channel(load.command_target, options=options) as cmd_channel,
+        grpc.aio.insecure_channel(load.query_target, options=options) as query_channel,
+    ):
+        commands = cmd_grpc.AccountCommandServiceStub(cmd_channel)
+        queries = query_grpc.AccountQueryServiceStub(query_channel)
+
+        async def deposit(account: str) -> int:
+            state["seq"] += 1
+            amount = 1 + state["seq"] % 97
+            response = await commands.DepositFunds(
+                cmd_pb.DepositFundsRequest(
+                    request_id=f"bench-{tag}-{state['seq']}",
+                    account_id=account,
+                    amount_minor=amount,
+                    currency="EUR",
+                    description="bench",
+                ),
+                timeout=CALL_TIMEOUT,
+            )
+            state["amount"] += amount
+            state["count"] += 1
+            state["max_position"] = max(state["max_position"], response.position)
+            return int(response.position)
+
+        async def task() -> None:
+            while True:
+                began = time.time()
+                if began >= end:
+                    return
+                write_done = 0.0
+                try:
+                    if load.kind == GET_ACCOUNT:
+                        await queries.GetAccount(
+                            query_pb.GetAccountRequest(account_id=rng.choice(load.accounts)),
+                            timeout=CALL_TIMEOUT,
+                        )
+                    elif load.kind == WRITE_READ:
+                        position = await deposit(rng.choice(load.accounts))
+                        write_done = time.time()
+                        await queries.GetAccount(
+                            query_pb.GetAccountRequest(
+                                account_id=load.accounts[0] if hot else rng.choice(load.accounts),
+                                min_position=position,
+                            ),
+                            timeout=CALL_TIMEOUT,
+                        )
+                    else:
+                        await deposit(load.accounts[0] if hot else rng.choice(load.accounts))
+                except grpc.aio.AioRpcError:
+                    if began >= warm_end:
+                        state["errors"] += 1
+                    continue
+                finished = time.time()
+                if began >= warm_end and finished <= end:
+                    state["ops"] += 1
+                    latencies.append((finished - began) * 1000)
+                    if write_done:
+                        writes.append((write_done - began) * 1000)
+                progress[index] += 1
+
+        await asyncio.sleep(max(0.0, start - time.time()))
+        await asyncio.gather(*(task() for _ in range(load.concurrency)))
+    return {
+        **state,
+        "latencies": latencies,
+        "writes": writes,
+        "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def _worker(load: Load, index: int, start: float, progress: Any, results: Any) -> None:
+    try:
+        results.put(asyncio.run(_client(load, index, start, progress)))
+    except BaseException as exc:
+        results.put({"failed": repr(exc)})
+        raise
+
+
+def run_load(load: Load) -> LoadResult:
+    """Run the load, printing a progress line on stderr; returns the merged result."""
+    ctx = mp.get_context("spawn")  # gRPC does not survive fork after use in the parent
+    progress = ctx.Array("q", load.processes, lock=False)
+    results = ctx.Queue()
+    start = time.time() + 1.5 + 0.2 * load.processes  # time for the interpreters to start
+    workers = [
+        ctx.Process(target=_worker, args=(load, i, start, progress, results), daemon=True)
+        for i in range(load.processes)
+    ]
+    for worker in workers:
+        worker.start()
+    end = start + load.warmup + load.duration
+    last, last_t = 0, time.time()
+    while time.time() < end + 0.5:
+        time.sleep(0.5)
+        now, done = time.time(), sum(progress)
+        phase = "starting" if now < start else "warm-up" if now < start + load.warmup else "measure"
+        rate = (done - last) / max(1e-9, now - last_t)
+        last, last_t = done, now
+        remaining = max(0.0, end - now)
+        sys.stderr.write(
+            f"\r  {load.label:<28} {phase:<8} {done:>8} done {rate:>7.0f}/s {remaining:3.0f}s left"
+        )
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+    parts = [results.get(timeout=CALL_TIMEOUT + 30) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+    failed = [p["failed"] for p in parts if "failed" in p]
+    if failed:
+        raise RuntimeError(f"load client failed: {failed[0]}")
+    return LoadResult(
+        label=load.label,
+        ops=sum(p["ops"] for p in parts),
+        errors=sum(p["errors"] for p in parts),
+        duration=load.duration,
+        latencies_ms=[x for p in parts for x in p["latencies"]],
+        write_latencies_ms=[x for p in parts for x in p["writes"]],
+        acked_amount=sum(p["amount"] for p in parts),
+        acked_count=sum(p["count"] for p in parts),
+        max_position=max(p["max_position"] for p in parts),
+        client_peak_rss_kib=max(p["rss_kib"] for p in parts),
+    )

@@ -1,0 +1,200 @@
+"""Renders results: the terminal table, the markdown figures, the PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _met(flag: Any) -> str:
+    return "met" if flag is True else "missed" if flag is False else "-"
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(scenario, Ledger, baseline, ratio, target/verdict) for every figure present."""
+    out: list[tuple[str, str, str, str, str]] = []
+
+    def lat(s: dict[str, Any]) -> str:
+        p = f"{s['p50_ms']:.1f}/{s['p95_ms']:.1f}/{s['p99_ms']:.1f}"
+        return f"{s['throughput_per_s']:.0f}/s p50/95/99 {p} ms"
+
+    if "a_deposits_spread" in r:
+        c = r["ceiling"]
+        a, e, b, d = (
+            r["a_deposits_spread"],
+            r["e_get_account"],
+            r["b_hot_account"],
+            r["d_write_then_read"],
+        )
+        out.append(
+            (
+                "(a) deposits, 10k accounts",
+                lat(a),
+                "ceiling " + lat(c["deposit"]),
+                f"{a['ceiling_ratio']:.3f}",
+                f"{a['target']}: {_met(a['met'])}",
+            )
+        )
+        out.append(
+            (
+                "(e) GetAccount",
+                lat(e),
+                "ceiling " + lat(c["get_account"]),
+                f"{e['ceiling_ratio']:.3f}",
+                f"{e['target']}: {_met(e['met'])}",
+            )
+        )
+        out.append(
+            (
+                "(b) deposits, one hot account",
+                lat(b)
+                + f"; balance {b['final_balance_minor']} = acked {b['acknowledged_sum_minor']}"
+                f" ({b['acknowledged_deposits']} deposits, {b['errors']} errors)",
+                "ceiling " + lat(c["deposit"]),
+                f"{b['ceiling_ratio']:.3f}",
+                f"{b['target']}: {_met(b['met'])}",
+            )
+        )
+        out.append(
+            (
+                "(d) write then read (min_position)",
+                f"p99 write+read {d['p99_ms']:.1f} ms ({d['throughput_per_s']:.0f}/s)",
+                f"p99 write alone {d['write_p99_ms']:.1f} ms",
+                f"{d['p99_ratio_write_read_over_write']:.3f}",
+                f"{d['target']}: {_met(d['met'])}",
+            )
+        )
+    if "c_long_stream" in r:
+        c = r["c_long_stream"]
+        for temp in ("warm", "cold"):
+            out.append(
+                (
+                    f"(c) deposit on {c['stream_events']}-event stream, {temp}",
+                    f"p50 {c[f'long_{temp}_p50_ms']:.2f} ms",
+                    f"fresh account p50 {c[f'fresh_{temp}_p50_ms']:.2f} ms",
+                    f"{c[f'{temp}_ratio']:.2f}",
+                    f"{c['target']}: {_met(c[f'met_{temp}'])}",
+                )
+            )
+    if "f_catchup" in r:
+        f = r["f_catchup"]
+        out.append(
+            (
+                f"(f) projector catch-up, {f['events']} events",
+                f"{f['projector_events_per_s']:.0f} events/s"
+                + ("" if f.get("complete", True) else f" (stopped at {f['events_applied']})")
+                + f", peak RSS {f['projector_peak_rss_mib']} MiB",
+                f"sqlite3 read {f['storage_ceiling_events_per_s']:.0f} events/s",
+                f"{f['ceiling_ratio']:.3f}",
+                f"{f['target']}: {_met(f['met'])}",
+            )
+        )
+    if "peer" in r:
+        p = r["peer"]
+        out.append(
+            (
+                f"peer: {p['deposits']} sequential deposits in-process",
+                f"Ledger {p['ledger_per_s']:.0f}/s",
+                f"eventsourcing {p['eventsourcing_version']} {p['eventsourcing_per_s']:.0f}/s"
+                f" (cached {p['eventsourcing_cached_per_s']:.0f}/s)",
+                f"{p['ratio']:.2f} ({p['ratio_vs_cached']:.2f} vs cached)",
+                f"{p['target']}: {_met(p['met'])}",
+            )
+        )
+    if "memory" in r:
+        m = r["memory"]
+        out.append(
+            (
+                "(g) peak RSS (VmHWM)",
+                ", ".join(f"{k.removesuffix('_peak_rss_mib')} {v} MiB" for k, v in m.items()),
+                "",
+                "",
+                "reported",
+            )
+        )
+    return out
+
+
+HEADER = ("scenario", "Ledger", "baseline (same run)", "ratio", "target")
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [" | ".join(HEADER)]
+    for row in rows(r):
+        lines.append(" | ".join(row))
+    m = r["machine"]
+    lines.append(f"machine: {m['nproc']} cpus, {m['cpu_model']}, Python {m['python']}")
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in rows(r):
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
+    return "\n".join(lines)
+
+
+def chart(r: dict[str, Any], path: Path) -> Path | None:
+    """Throughput per served scenario beside its baseline; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pairs: list[tuple[str, float, float]] = []
+    if "a_deposits_spread" in r:
+        c = r["ceiling"]
+        pairs += [
+            (
+                "(a) deposits",
+                r["a_deposits_spread"]["throughput_per_s"],
+                c["deposit"]["throughput_per_s"],
+            ),
+            (
+                "(e) GetAccount",
+                r["e_get_account"]["throughput_per_s"],
+                c["get_account"]["throughput_per_s"],
+            ),
+            (
+                "(b) hot account",
+                r["b_hot_account"]["throughput_per_s"],
+                c["deposit"]["throughput_per_s"],
+            ),
+        ]
+    if "f_catchup" in r:
+        f = r["f_catchup"]
+        pairs.append(
+            (
+                "(f) catch-up (events)",
+                f["projector_events_per_s"],
+                f["storage_ceiling_events_per_s"],
+            )
+        )
+    if "peer" in r:
+        p = r["peer"]
+        pairs.append(("peer deposits", p["ledger_per_s"], p["eventsourcing_per_s"]))
+    if not pairs:
+        return None
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.6))
+    if len(pairs) == 1:
+        axes = [axes]
+    for ax, (label, ours, base) in zip(axes, pairs, strict=True):
+        names = ["Ledger", "eventsourcing" if label.startswith("peer") else "ceiling"]
+        ax.bar(names, [ours, base], color=["tab:blue", "tab:gray"])
+        ax.set_title(f"{label}\nratio {ours / base:.2f}" if base else label, fontsize=9)
+        ax.set_ylabel("per second", fontsize=8)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"Ledger benchmarks ({r['profile']['name']}), same-run baselines", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))
