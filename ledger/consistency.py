@@ -1,17 +1,22 @@
-"""Read-your-writes: hold a query until the views have reached a log position.
+"""Read-your-writes and live streams: one follower of the views' checkpoint per process.
 
-One follower per process watches the checkpoint and wakes every waiting call, so a
-thousand waiting queries cost one poll, and the poll runs only while someone waits.
+It wakes every waiting call and every watch stream when the checkpoint moves, so a
+thousand waiting queries or watchers cost one poll, and the poll runs only while
+someone waits or watches. A watcher reads what changed for it itself, from the views,
+on each wake-up: nothing is buffered per watcher, and a slow one only reads more
+rows next time, never holding up the others or the projector.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ledger.errors import Unavailable
 
 PROJECTION_BEHIND = "PROJECTION_BEHIND"
+SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
 
 
 class CheckpointFollower:
@@ -23,7 +28,19 @@ class CheckpointFollower:
         self.position = 0
         self._changed = asyncio.Condition()
         self._waiters = 0
+        self._watchers = 0
+        self._closing = False
         self._poller: asyncio.Task[None] | None = None
+        self.poll_tasks_started = 0
+        """How many poll loops have been started (one runs while anyone waits or watches)."""
+
+    @property
+    def watchers(self) -> int:
+        return self._watchers
+
+    @property
+    def polling(self) -> bool:
+        return self._poller is not None
 
     async def refresh(self) -> int:
         position = await self._read_position()
@@ -34,18 +51,24 @@ class CheckpointFollower:
         return position
 
     async def _poll(self) -> None:
-        while self._waiters:
-            await self.refresh()
-            await asyncio.sleep(self._interval)
-        self._poller = None
+        try:
+            while self._waiters or self._watchers:
+                await self.refresh()
+                await asyncio.sleep(self._interval)
+        finally:
+            self._poller = None
+
+    def _ensure_polling(self) -> None:
+        if self._poller is None:
+            self.poll_tasks_started += 1
+            self._poller = asyncio.create_task(self._poll(), name="checkpoint-follower")
 
     async def wait_for(self, position: int, budget: float) -> bool:
         """True once the checkpoint is at or past `position`; False after `budget` seconds."""
         if position <= self.position or position <= await self.refresh():
             return True
         self._waiters += 1
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll())
+        self._ensure_polling()
         try:
             async with asyncio.timeout(max(budget, 0.0)), self._changed:
                 await self._changed.wait_for(lambda: self.position >= position)
@@ -62,3 +85,50 @@ class CheckpointFollower:
                 " retry, or allow a longer deadline",
                 reason=PROJECTION_BEHIND,
             )
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[Watch]:
+        """Keep the poll running while the block runs; `Watch.next` awaits advances."""
+        if self._closing:
+            raise _shutting_down()
+        self._watchers += 1
+        self._ensure_polling()
+        try:
+            yield Watch(self)
+        finally:
+            self._watchers -= 1
+
+    async def close_watches(self) -> None:
+        """End every watch stream (and refuse new ones): the server is shutting down."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _advanced_past(self, position: int) -> int:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._closing or self.position > position)
+        if self._closing:
+            raise _shutting_down()
+        return self.position
+
+
+class Watch:
+    """One watcher's view of the follower."""
+
+    def __init__(self, follower: CheckpointFollower) -> None:
+        self._follower = follower
+
+    @property
+    def position(self) -> int:
+        """The checkpoint as last seen: every view row at or before it is complete."""
+        return self._follower.position
+
+    async def next(self, seen: int) -> int:
+        """The checkpoint, once it is past `seen`; Unavailable when the server stops."""
+        return await self._follower._advanced_past(seen)
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable(
+        "the server is shutting down; reconnect to resume", reason=SERVER_SHUTTING_DOWN
+    )

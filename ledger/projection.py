@@ -3,6 +3,9 @@
 A Projection is a named, versioned set of views fed by one checkpoint; handlers are
 pure (event in, upserts out), so a replay yields the same upserts and the view
 store's position check turns a redelivery into a no-op.
+
+Every projection also declares PARKED, where its runner sets aside the events it
+cannot apply (see ledger.parking).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from typing import Any, TypeVar
 
 from ledger.eventstore.codec import EventCodec
 from ledger.eventstore.port import RecordedEvent
-from ledger.views.port import Collection, Upsert
+from ledger.views.port import KEY, Collection, Index, Upsert, check_field_name
 
 Ev = TypeVar("Ev")
 Handler = Callable[[Any, RecordedEvent], Iterable[Upsert]]
+
+PARKED = "parked_events"
+PARKED_COLLECTION = Collection(PARKED, (Index(("projection", "resolved", "position")),))
 
 
 class Projection:
@@ -32,7 +38,8 @@ class Projection:
         self.version = version
         self.codec = codec
         self.stream_prefixes = tuple(f"{c}-" for c in categories)
-        self.collections = tuple(collections)
+        self.collections = (*collections, PARKED_COLLECTION)
+        self._names = frozenset(c.name for c in collections)
         self._handlers: dict[str, Handler] = {}
 
     @property
@@ -56,7 +63,17 @@ class Projection:
         return register
 
     def upserts_for(self, recorded: RecordedEvent) -> list[Upsert]:
+        """The event's upserts; raises if it cannot be decoded or handled, or if the
+        handler asks for a write the view store would refuse (so that the runner can
+        park this one event rather than fail the whole batch)."""
         handler = self._handlers.get(recorded.type)
         if handler is None:
             return []
-        return list(handler(self.codec.decode_recorded(recorded), recorded))
+        upserts = list(handler(self.codec.decode_recorded(recorded), recorded))
+        for op in upserts:
+            if op.collection not in self._names:
+                raise ValueError(f"{self.name} declares no view collection {op.collection!r}")
+            for field in op.fields:
+                if check_field_name(field) == KEY:
+                    raise ValueError("a view document's key cannot be set through its fields")
+        return upserts

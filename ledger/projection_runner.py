@@ -4,32 +4,101 @@ It resumes from the checkpoint stored *with* the views, applies each subscriptio
 batch and the new checkpoint in one view-store write, and on stop finishes the batch
 in hand first: a kill at any instant leaves views equal to a rebuild up to the
 checkpoint, and the next start carries on from there.
+
+An event that cannot be decoded or handled is parked (ledger.parking) in that same
+write, logged, and counted; the runner carries on with the next one.
+
+While it runs it publishes its status (ledger.views.port.ViewStore.save_status, under
+the checkpoint's name) about once a second and on every change: state, head of the
+log, lag, rate, parked events and the last error. The query server reports it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from ledger.errors import Unavailable
-from ledger.eventstore.port import EventStore
+from ledger.eventstore.port import EventStore, RecordedEvent
+from ledger.parking import describe, park, parked_events, utc_now
 from ledger.projection import Projection
-from ledger.views.port import Checkpoint, ViewStore
+from ledger.views.port import Checkpoint, StatusValue, Upsert, ViewStore
 
 log = logging.getLogger("ledger.projector")
+RATE_WINDOW = 10.0
+"""Seconds over which events_per_second is measured."""
+
+
+class State(enum.StrEnum):
+    CATCHING_UP = "CATCHING_UP"
+    LIVE = "LIVE"
+    REBUILDING = "REBUILDING"  # not used yet: rebuilds are a later increment
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
 
 
 class ProjectionRunner:
-    def __init__(self, events: EventStore, views: ViewStore, projection: Projection) -> None:
+    def __init__(
+        self,
+        events: EventStore,
+        views: ViewStore,
+        projection: Projection,
+        *,
+        status_interval: float = 1.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._events = events
         self._views = views
         self._projection = projection
+        self._status_interval = status_interval
+        self._clock = clock
         self.position = 0
         self.applied = 0
+        self.state = State.CATCHING_UP
+        self.head = 0
+        self.parked = 0
+        self.last_error = ""
+        self.lag_seconds = 0.0
+        self._oldest_in_hand: datetime | None = None
+        self._samples: deque[tuple[float, int]] = deque()
+        self._poke = asyncio.Event()
+        self._stopping = False
 
     async def run(self, *, max_delay: float = 10.0) -> None:
-        """Run until cancelled, riding out store outages by resuming from the checkpoint."""
+        """Run until cancelled, riding out store outages by resuming from the checkpoint.
+
+        Cancelled, it publishes STOPPED; on an error it cannot ride out, FAILED (with
+        the error) and raises it."""
+        publisher = asyncio.create_task(self._publish_periodically(), name="projection-status")
+        final = State.STOPPED
+        try:
+            await self._run(max_delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            final = State.FAILED
+            self.last_error = describe(exc)
+            log.error(
+                "projection failed",
+                extra={"projection": self._projection.checkpoint_name, "error": self.last_error},
+            )
+            raise
+        finally:
+            self._stopping = True
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            self.state = final
+            with contextlib.suppress(Exception):  # never hide why it stopped
+                await self.publish_status(refresh=False)
+
+    async def _run(self, max_delay: float) -> None:
         delay = 0.2
         while True:
             applied_before = self.applied
@@ -38,6 +107,7 @@ class ProjectionRunner:
             except Unavailable as exc:
                 if self.applied != applied_before:
                     delay = 0.2
+                self.last_error = exc.message
                 log.warning(
                     f"store unavailable, resuming from the checkpoint in {delay:.1f}s",
                     extra={"projection": self._projection.checkpoint_name, "error": exc.message},
@@ -49,13 +119,24 @@ class ProjectionRunner:
         """Apply batches from the stored checkpoint on; a cancellation never splits a batch."""
         name = self._projection.checkpoint_name
         self.position = await self._views.checkpoint(name)
+        self.parked = len(await parked_events(self._views, name))
         log.info("projection starting", extra={"projection": name, "position": self.position})
+        self._poke.set()
         subscription = self._events.subscribe(
             self.position, stream_prefixes=self._projection.stream_prefixes
         )
         async for batch in subscription:
             started = time.perf_counter()
-            upserts = [u for r in batch.events for u in self._projection.upserts_for(r)]
+            self._oldest_in_hand = batch.events[0].recorded_at if batch.events else None
+            upserts: list[Upsert] = []
+            parked: list[tuple[RecordedEvent, str]] = []
+            for recorded in batch.events:
+                try:
+                    upserts.extend(self._projection.upserts_for(recorded))
+                except Exception as exc:  # parked, reported, and skipped
+                    error = describe(exc)
+                    upserts.append(park(name, recorded, error, self._clock()))
+                    parked.append((recorded, error))
             write = asyncio.ensure_future(
                 self._views.apply(upserts, Checkpoint(name, batch.position))
             )
@@ -63,9 +144,9 @@ class ProjectionRunner:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
                 await write  # let the batch land with its checkpoint, then stop
+                self._applied(batch.position, len(batch.events), parked)
                 raise
-            self.position = batch.position
-            self.applied += len(batch.events)
+            self._applied(batch.position, len(batch.events), parked)
             log.debug(
                 "batch applied",
                 extra={
@@ -75,3 +156,83 @@ class ProjectionRunner:
                     "ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+
+    def _applied(self, position: int, count: int, parked: list[tuple[RecordedEvent, str]]) -> None:
+        self.position = position
+        self.applied += count
+        self._oldest_in_hand = None
+        for recorded, error in parked:
+            self.parked += 1
+            self.last_error = (
+                f"event at position {recorded.position} ({recorded.type} in {recorded.stream})"
+                f" parked: {error}"
+            )
+            log.error(
+                "event parked",
+                extra={
+                    "projection": self._projection.checkpoint_name,
+                    "position": recorded.position,
+                    "stream": recorded.stream,
+                    "version": recorded.version,
+                    "type": recorded.type,
+                    "event_id": str(recorded.event_id),
+                    "error": error,
+                },
+            )
+        if parked or (self.state == State.CATCHING_UP and position >= self.head):
+            self._poke.set()  # publish now; otherwise the next tick will
+
+    async def _publish_periodically(self) -> None:
+        # asyncio.timeout rather than wait_for: on Python 3.11, wait_for can swallow a
+        # cancellation that arrives as the wait ends, and this task would never stop.
+        while not self._stopping:
+            await self.publish_status()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._status_interval):
+                    await self._poke.wait()
+            self._poke.clear()
+
+    async def publish_status(self, *, refresh: bool = True) -> None:
+        """Refresh the head of the log and the parked count, then save the status.
+
+        Never raises for an unavailable store (the next publication catches up)."""
+        name = self._projection.checkpoint_name
+        try:
+            if refresh:
+                self.head = await self._events.head_position()
+                self.parked = len(await parked_events(self._views, name))
+            if self.state in (State.CATCHING_UP, State.LIVE):
+                self.state = State.LIVE if self.position >= self.head else State.CATCHING_UP
+            await self._views.save_status(name, self.status())
+        except Unavailable as exc:
+            log.debug("status not published", extra={"projection": name, "error": exc.message})
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        self._samples.append((now, self.applied))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
+        (then, before), (_, after) = self._samples[0], self._samples[-1]
+        return (after - before) / (now - then) if now > then else 0.0
+
+    def status(self) -> dict[str, StatusValue]:
+        """The status record as published (the view store's fields)."""
+        now = self._clock()
+        if self.state == State.LIVE:
+            self.lag_seconds = 0.0
+        elif self._oldest_in_hand is not None:
+            self.lag_seconds = max(
+                0.0, (now - self._oldest_in_hand.astimezone(UTC)).total_seconds()
+            )
+        return {
+            "version": self._projection.version,
+            "checkpoint_position": self.position,
+            "head_position": self.head,
+            "lag_events": max(0, self.head - self.position),
+            "lag_seconds": self.lag_seconds,
+            "events_per_second": self._rate(),
+            "state": self.state.value,
+            "last_error": self.last_error,
+            "parked_events": self.parked,
+            "updated_at": now.isoformat(),
+        }

@@ -30,7 +30,10 @@ async def run(env: Env) -> int:
         runner = ProjectionRunner(events, views, projection)
 
         def status() -> str:
-            return f"position={runner.position} applied={runner.applied}"
+            return (
+                f"position={runner.position} applied={runner.applied}"
+                f" state={runner.state.value} parked={runner.parked}"
+            )
 
         # The container health check reads this file (python -m ledger.healthcheck --projector).
         async with heartbeat(heartbeat_path(env), status):

@@ -40,4 +40,5 @@ async def run(env: Env) -> int:
         start=start,
         stop=views.close,
         grace=grace,
+        stopping=servicer.close_watches,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,7 +22,7 @@ from ledger.banking.views import (
     timestamp,
 )
 from ledger.banking.views import projection as banking
-from ledger.consistency import CheckpointFollower
+from ledger.consistency import CheckpointFollower, Watch
 from ledger.domain.values import check_account_id
 from ledger.errors import FieldViolation, NotFound, require
 from ledger.grpc.types import Context
@@ -28,6 +30,7 @@ from ledger.paging import check_page_size, fetch_page
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as pb
 from ledger.views.port import Document, Scalar, ViewStore
+from query_server.projection_status import projection_statuses
 
 STATUS_TO_PROTO = {
     "OPEN": account_pb2.ACCOUNT_STATUS_OPEN,
@@ -53,6 +56,9 @@ TRANSFER_STATUS_TO_PROTO = {
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 LAST_VERSION = 10**20 - 1
 """Sorts after every version in an `at_key` (versions are written with 20 digits)."""
+WATCH_BATCH = 100
+"""History rows a watcher reads per query: its memory stays bounded however far behind."""
+TRANSFER_DONE = ("COMPLETED", "FAILED")
 
 
 def check_as_of(request: pb.GetAccountAsOfRequest) -> list[FieldViolation]:
@@ -121,6 +127,11 @@ def transfer_message(doc: Document) -> transfer_pb2.Transfer:
     )
 
 
+def _up_to(checkpoint: int, rows: list[Document]) -> list[Document]:
+    """The leading rows (in log order) at or before the checkpoint."""
+    return list(itertools.takewhile(lambda r: r["position"] <= checkpoint, rows))
+
+
 class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceServicer):
     def __init__(self, views: ViewStore, follower: CheckpointFollower, *, max_wait: float) -> None:
         self._views = views
@@ -174,7 +185,12 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         )
         if not found:
             raise NotFound(f"account {account_id!r} did not exist yet at that point")
-        event = found[0]
+        state = await self._state_after(current, found[0])
+        return pb.GetAccountAsOfResponse(account=account_message(state))
+
+    async def _state_after(self, current: Document, event: Document) -> Document:
+        """The account right after the event of an `account_history` row."""
+        where: dict[str, Scalar] = {"account_id": current["account_id"]}
         state = {**current}
         for collection, field in ((BALANCE_HISTORY, "balance_minor"), (STATUS_HISTORY, "status")):
             rows = await self._views.find(
@@ -186,11 +202,11 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
                 limit=1,
             )
             if not rows:  # the opening event writes both; the views are inconsistent
-                raise RuntimeError(f"no {collection} row for {account_id!r}")
+                raise RuntimeError(f"no {collection} row for {current['account_id']!r}")
             state[field] = rows[0][field]
         for field in ("version", "position", "updated_at"):
             state[field] = event[field]
-        return pb.GetAccountAsOfResponse(account=account_message(state))
+        return state
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context
@@ -243,12 +259,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         await self._caught_up(request.min_position, context)
         checkpoints = await self._views.checkpoints()
         mine = next((c for c in checkpoints if c.name == banking.checkpoint_name), None)
-        statuses = []
-        for c in checkpoints:
-            status = pb.ProjectionStatus(name=c.name, checkpoint_position=c.position)
-            if c.updated_at is not None:
-                status.updated_at.FromDatetime(c.updated_at)
-            statuses.append(status)
+        statuses = projection_statuses(checkpoints, await self._views.statuses())
         return pb.GetProjectionStatusResponse(
             checkpoint_position=mine.position if mine else 0, projections=statuses
         )
@@ -281,3 +292,106 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             transfers=[transfer_message(d) for d in page.documents],
             next_page_token=page.next_page_token,
         )
+
+    async def WatchAccount(
+        self, request: pb.WatchAccountRequest, context: Context
+    ) -> AsyncIterator[pb.WatchAccountResponse]:
+        require(check_account_id(request.account_id))
+        await self._caught_up(request.from_position, context)
+        async with self._follower.watching() as watch:
+            checkpoint = await self._follower.refresh()
+            current = await self._account(request.account_id)
+            state: Document | None
+            if request.from_position == 0:
+                state = current
+                yield pb.WatchAccountResponse(
+                    account=account_message(state), position=state["position"]
+                )
+            else:
+                state = await self._state_at_position(current, request.from_position)
+            async for change in self._account_changes(watch, current, state, checkpoint):
+                yield change
+
+    async def _state_at_position(self, current: Document, position: int) -> Document | None:
+        """The account after its last event at or before `position` (None: not opened yet)."""
+        found = await self._views.find(
+            ACCOUNT_HISTORY,
+            where={"account_id": current["account_id"]},
+            order_by="position",
+            at_most=position,
+            descending=True,
+            limit=1,
+        )
+        return await self._state_after(current, found[0]) if found else None
+
+    async def _account_changes(
+        self, watch: Watch, current: Document, state: Document | None, checkpoint: int
+    ) -> AsyncIterator[pb.WatchAccountResponse]:
+        """Every change after `state`, forever: each wake-up reads the history rows
+        after the last version sent, up to the checkpoint (rows past it may belong to a
+        batch the projector is still writing), in batches of WATCH_BATCH."""
+        where: dict[str, Scalar] = {"account_id": current["account_id"]}
+        version = -1 if state is None else int(state["version"])
+        while True:
+            rows = await self._views.find(
+                ACCOUNT_HISTORY, where=where, order_by="version", after=version, limit=WATCH_BATCH
+            )
+            complete = _up_to(checkpoint, rows)
+            if complete:
+                last = complete[-1]["version"]
+                found: dict[str, dict[int, Document]] = {}
+                for collection in (BALANCE_HISTORY, STATUS_HISTORY, TRANSACTIONS):
+                    docs = await self._views.find(
+                        collection,
+                        where=where,
+                        order_by="version",
+                        after=version,
+                        at_most=last,
+                        limit=WATCH_BATCH,
+                    )
+                    found[collection] = {d["version"]: d for d in docs}
+                for row in complete:
+                    v = row["version"]
+                    state = {**(current if state is None else state)}
+                    for collection, field in (
+                        (BALANCE_HISTORY, "balance_minor"),
+                        (STATUS_HISTORY, "status"),
+                    ):
+                        if v in found[collection]:
+                            state[field] = found[collection][v][field]
+                    for field in ("version", "position", "updated_at"):
+                        state[field] = row[field]
+                    transaction = found[TRANSACTIONS].get(v)
+                    yield pb.WatchAccountResponse(
+                        account=account_message(state),
+                        transaction=None
+                        if transaction is None
+                        else transaction_message(transaction),
+                        position=row["position"],
+                    )
+                    version = v
+            if len(complete) < WATCH_BATCH:
+                checkpoint = await watch.next(checkpoint)
+
+    async def WatchTransfer(
+        self, request: pb.WatchTransferRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTransferResponse]:
+        require(check_account_id(request.transfer_id, "transfer_id"))
+        await self._caught_up(request.min_position, context)
+        async with self._follower.watching() as watch:
+            checkpoint = await self._follower.refresh()
+            sent = 0
+            while True:
+                doc = await self._views.get(TRANSFERS, request.transfer_id)
+                if doc is None:
+                    raise NotFound(f"transfer {request.transfer_id!r} does not exist")
+                if doc["position"] > sent:
+                    sent = doc["position"]
+                    yield pb.WatchTransferResponse(transfer=transfer_message(doc), position=sent)
+                if doc["status"] in TRANSFER_DONE:
+                    return
+                checkpoint = await watch.next(checkpoint)
+
+    async def close_watches(self) -> None:
+        """End every watch stream: the server is shutting down."""
+        await self._follower.close_watches()

@@ -13,7 +13,8 @@ version, position and time, plus `at_key` ordering by time then version),
 that set the status). Handlers see only their event, so each row holds what that
 event determines; the state as of version v is the last row of each collection at or
 before v, three descending limit-1 index lookups. Owner, currency and opening time
-never change and come from the `accounts` document.
+never change and come from the `accounts` document. WatchAccount streams the same rows
+in version order (after the last version it sent), with the `transactions` rows.
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ COLLECTIONS = (
     Collection(TRANSACTIONS, (Index(("account_id", "version")),)),
     Collection(TRANSFERS),
     Collection(ACCOUNT_TRANSFERS, (Index(("account_id", TRANSFER_ORDER)),)),
-    Collection(ACCOUNT_HISTORY, (Index(("account_id", "version")), Index(("account_id", AT_KEY)))),
+    Collection(
+        ACCOUNT_HISTORY,
+        (
+            Index(("account_id", "version")),
+            Index(("account_id", AT_KEY)),
+            Index(("account_id", "position")),  # where a resumed WatchAccount starts
+        ),
+    ),
     Collection(BALANCE_HISTORY, (Index(("account_id", "version")),)),
     Collection(STATUS_HISTORY, (Index(("account_id", "version")),)),
 )

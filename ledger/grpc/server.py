@@ -80,8 +80,11 @@ async def serve(
     start: Callable[[asyncio.Event], Awaitable[bool]],
     stop: Callable[[], Awaitable[None]],
     grace: float,
+    stopping: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT. `start` opens the stores (False: stopped before ready)."""
+    """Run until SIGTERM/SIGINT. `start` opens the stores (False: stopped before ready);
+    `stopping` runs as shutdown begins, before the grace period (to end live streams,
+    which would otherwise hold the server for the whole grace period)."""
     # No SO_REUSEPORT: a second server on a taken port must fail, not share the traffic.
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()], options=[("grpc.so_reuseport", 0)]
@@ -105,17 +108,19 @@ async def serve(
     except RuntimeError as exc:
         log.error("cannot bind", extra={"address": f"{host}:{port}", "error": str(exc)})
         return 1
-    stopping = stop_event_on_signals()
+    signalled = stop_event_on_signals()
     await server.start()
     log.info(f"{name} listening", extra={"address": f"{host}:{bound}", "services": ",".join(names)})
     try:
-        if await start(stopping):
+        if await start(signalled):
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info(f"{name} serving", extra={"address": f"{host}:{bound}"})
-            await stopping.wait()
+            await signalled.wait()
     finally:
         log.info(f"{name} stopping", extra={"grace_seconds": grace})
         await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if stopping is not None:
+            await stopping()
         await server.stop(grace)
         await stop()
         log.info(f"{name} stopped")

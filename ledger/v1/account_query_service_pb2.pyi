@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from ledger.v1 import account_pb2 as _account_pb2
 from ledger.v1 import transfer_pb2 as _transfer_pb2
 import builtins as _builtins
@@ -20,6 +21,39 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ProjectionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProjectionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProjectionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROJECTION_STATE_UNSPECIFIED: _ProjectionState.ValueType  # 0
+    PROJECTION_STATE_CATCHING_UP: _ProjectionState.ValueType  # 1
+    """Applying events from behind the head of the log."""
+    PROJECTION_STATE_LIVE: _ProjectionState.ValueType  # 2
+    """Caught up with the head of the log, following new events as they come."""
+    PROJECTION_STATE_REBUILDING: _ProjectionState.ValueType  # 3
+    """Building a new version of the views from the start of the log."""
+    PROJECTION_STATE_STOPPED: _ProjectionState.ValueType  # 4
+    """Stopped cleanly (shutdown); the checkpoint is where it stopped."""
+    PROJECTION_STATE_FAILED: _ProjectionState.ValueType  # 5
+    """Gave up on an error it cannot ride out (see last_error); the process exited."""
+
+class ProjectionState(_ProjectionState, metaclass=_ProjectionStateEnumTypeWrapper): ...
+
+PROJECTION_STATE_UNSPECIFIED: ProjectionState.ValueType  # 0
+PROJECTION_STATE_CATCHING_UP: ProjectionState.ValueType  # 1
+"""Applying events from behind the head of the log."""
+PROJECTION_STATE_LIVE: ProjectionState.ValueType  # 2
+"""Caught up with the head of the log, following new events as they come."""
+PROJECTION_STATE_REBUILDING: ProjectionState.ValueType  # 3
+"""Building a new version of the views from the start of the log."""
+PROJECTION_STATE_STOPPED: ProjectionState.ValueType  # 4
+"""Stopped cleanly (shutdown); the checkpoint is where it stopped."""
+PROJECTION_STATE_FAILED: ProjectionState.ValueType  # 5
+"""Gave up on an error it cannot ride out (see last_error); the process exited."""
+Global___ProjectionState: _TypeAlias = ProjectionState  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
@@ -277,27 +311,74 @@ Global___GetProjectionStatusResponse: _TypeAlias = GetProjectionStatusResponse  
 
 @_typing.final
 class ProjectionStatus(_message.Message):
-    """Progress of one projection (a versioned set of views with one checkpoint)."""
+    """Progress of one projection (a versioned set of views with one checkpoint).
+    Besides the checkpoint, the fields are those the projector last published
+    (about once a second, and on every change of state); they are zero or empty
+    for a projection no running projector has reported on yet.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     CHECKPOINT_POSITION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    HEAD_POSITION_FIELD_NUMBER: _builtins.int
+    LAG_EVENTS_FIELD_NUMBER: _builtins.int
+    LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    EVENTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PARKED_EVENTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """`<projection>-v<version>`, the name of its checkpoint."""
     checkpoint_position: _builtins.int
+    version: _builtins.int
+    """Version of the projection's code (a new version rebuilds its views)."""
+    head_position: _builtins.int
+    """Position of the last event in the log when the projector last looked."""
+    lag_events: _builtins.int
+    """head_position - checkpoint_position. On the embedded SQLite event store
+    positions are dense, so this counts events (of every stream); on KurrentDB
+    positions are commit positions (bytes), so it only measures the distance.
+    """
+    lag_seconds: _builtins.float
+    """Age of the oldest event the views have not applied yet (taken from the
+    batch in hand); 0 when LIVE. Seconds, fractional.
+    """
+    events_per_second: _builtins.float
+    """Events applied per second over the last few seconds."""
+    state: Global___ProjectionState.ValueType
+    last_error: _builtins.str
+    """The last error the projector met (a store outage, a parked event, the
+    failure that stopped it); empty if there was none since it started.
+    """
+    parked_events: _builtins.int
+    """Events the projector could not apply and parked (set aside, not retried by
+    itself); see `python -m projector parked` and `python -m projector retry`.
+    """
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the checkpoint last moved."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         checkpoint_position: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+        head_position: _builtins.int = ...,
+        lag_events: _builtins.int = ...,
+        lag_seconds: _builtins.float = ...,
+        events_per_second: _builtins.float = ...,
+        state: Global___ProjectionState.ValueType = ...,
+        last_error: _builtins.str = ...,
+        parked_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_position", b"checkpoint_position", "name", b"name", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_position", b"checkpoint_position", "events_per_second", b"events_per_second", "head_position", b"head_position", "lag_events", b"lag_events", "lag_seconds", b"lag_seconds", "last_error", b"last_error", "name", b"name", "parked_events", b"parked_events", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,3 +478,110 @@ class ListTransfersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTransfersResponse: _TypeAlias = ListTransfersResponse  # noqa: Y015
+
+@_typing.final
+class WatchAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FROM_POSITION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    from_position: _builtins.int
+    """0: the current state, then every later change. P > 0 (the `position` of the
+    last message seen): every change after log position P, in order; the server
+    first waits (bounded by the deadline and its maximum wait) for the views to
+    reach P, else UNAVAILABLE with reason PROJECTION_BEHIND.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        from_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "from_position", b"from_position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAccountRequest: _TypeAlias = WatchAccountRequest  # noqa: Y015
+
+@_typing.final
+class WatchAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Event-log position of the change: pass it as from_position to resume."""
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """The account as it was right after this change (the current state in the
+        first message of a stream with from_position 0).
+        """
+
+    @_builtins.property
+    def transaction(self) -> _account_pb2.Transaction:
+        """Set when the change moved money (a deposit, withdrawal or transfer step)."""
+
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+        transaction: _account_pb2.Transaction | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "position", b"position", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchAccountResponse: _TypeAlias = WatchAccountResponse  # noqa: Y015
+
+@_typing.final
+class WatchTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    MIN_POSITION_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    min_position: _builtins.int
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        min_position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_position", b"min_position", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransferRequest: _TypeAlias = WatchTransferRequest  # noqa: Y015
+
+@_typing.final
+class WatchTransferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Event-log position of the last event applied to the transfer."""
+    @_builtins.property
+    def transfer(self) -> _transfer_pb2.Transfer: ...
+    def __init__(
+        self,
+        *,
+        transfer: _transfer_pb2.Transfer | None = ...,
+        position: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTransferResponse: _TypeAlias = WatchTransferResponse  # noqa: Y015

@@ -73,6 +73,16 @@ class AccountQueryServiceStub:
                 request_serializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.SerializeToString,
                 response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.FromString,
                 _registered_method=True)
+        self.WatchAccount = channel.unary_stream(
+                '/ledger.v1.AccountQueryService/WatchAccount',
+                request_serializer=ledger_dot_v1_dot_account__query__service__pb2.WatchAccountRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.WatchAccountResponse.FromString,
+                _registered_method=True)
+        self.WatchTransfer = channel.unary_stream(
+                '/ledger.v1.AccountQueryService/WatchTransfer',
+                request_serializer=ledger_dot_v1_dot_account__query__service__pb2.WatchTransferRequest.SerializeToString,
+                response_deserializer=ledger_dot_v1_dot_account__query__service__pb2.WatchTransferResponse.FromString,
+                _registered_method=True)
 
 
 class AccountQueryServiceServicer:
@@ -130,6 +140,27 @@ class AccountQueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAccount(self, request, context):
+        """A live stream of an account: with from_position 0, its current state first,
+        then every change as the projector applies it, in log order, with no gaps and
+        no duplicates. A client that reconnects with the `position` of the last message
+        it saw gets exactly the changes after it (replayed from the views, then live).
+        NOT_FOUND if the account does not exist (once the views reach from_position);
+        when the server shuts down the stream ends with UNAVAILABLE (reason
+        SERVER_SHUTTING_DOWN): reconnect with from_position to resume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTransfer(self, request, context):
+        """A live stream of a transfer: its current state, then each change; the stream
+        ends once the transfer is COMPLETED or FAILED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountQueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +198,16 @@ def add_AccountQueryServiceServicer_to_server(servicer, server):
                     servicer.ListTransfers,
                     request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.FromString,
                     response_serializer=ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.SerializeToString,
+            ),
+            'WatchAccount': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAccount,
+                    request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.WatchAccountRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__query__service__pb2.WatchAccountResponse.SerializeToString,
+            ),
+            'WatchTransfer': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTransfer,
+                    request_deserializer=ledger_dot_v1_dot_account__query__service__pb2.WatchTransferRequest.FromString,
+                    response_serializer=ledger_dot_v1_dot_account__query__service__pb2.WatchTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +403,60 @@ class AccountQueryService:
             '/ledger.v1.AccountQueryService/ListTransfers',
             ledger_dot_v1_dot_account__query__service__pb2.ListTransfersRequest.SerializeToString,
             ledger_dot_v1_dot_account__query__service__pb2.ListTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ledger.v1.AccountQueryService/WatchAccount',
+            ledger_dot_v1_dot_account__query__service__pb2.WatchAccountRequest.SerializeToString,
+            ledger_dot_v1_dot_account__query__service__pb2.WatchAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ledger.v1.AccountQueryService/WatchTransfer',
+            ledger_dot_v1_dot_account__query__service__pb2.WatchTransferRequest.SerializeToString,
+            ledger_dot_v1_dot_account__query__service__pb2.WatchTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,19 @@ class AccountQueryServiceStub:
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.GetTransferRequest, _account_query_service_pb2.GetTransferResponse]
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransfersRequest, _account_query_service_pb2.ListTransfersResponse]
     """Transfers into or out of an account, oldest first."""
+    WatchAccount: _grpc.UnaryStreamMultiCallable[_account_query_service_pb2.WatchAccountRequest, _account_query_service_pb2.WatchAccountResponse]
+    """A live stream of an account: with from_position 0, its current state first,
+    then every change as the projector applies it, in log order, with no gaps and
+    no duplicates. A client that reconnects with the `position` of the last message
+    it saw gets exactly the changes after it (replayed from the views, then live).
+    NOT_FOUND if the account does not exist (once the views reach from_position);
+    when the server shuts down the stream ends with UNAVAILABLE (reason
+    SERVER_SHUTTING_DOWN): reconnect with from_position to resume.
+    """
+    WatchTransfer: _grpc.UnaryStreamMultiCallable[_account_query_service_pb2.WatchTransferRequest, _account_query_service_pb2.WatchTransferResponse]
+    """A live stream of a transfer: its current state, then each change; the stream
+    ends once the transfer is COMPLETED or FAILED.
+    """
 
 @_typing.type_check_only
 class AccountQueryServiceAsyncStub(AccountQueryServiceStub):
@@ -75,6 +88,19 @@ class AccountQueryServiceAsyncStub(AccountQueryServiceStub):
     GetTransfer: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.GetTransferRequest, _account_query_service_pb2.GetTransferResponse]  # type: ignore[assignment]
     ListTransfers: _aio.UnaryUnaryMultiCallable[_account_query_service_pb2.ListTransfersRequest, _account_query_service_pb2.ListTransfersResponse]  # type: ignore[assignment]
     """Transfers into or out of an account, oldest first."""
+    WatchAccount: _aio.UnaryStreamMultiCallable[_account_query_service_pb2.WatchAccountRequest, _account_query_service_pb2.WatchAccountResponse]  # type: ignore[assignment]
+    """A live stream of an account: with from_position 0, its current state first,
+    then every change as the projector applies it, in log order, with no gaps and
+    no duplicates. A client that reconnects with the `position` of the last message
+    it saw gets exactly the changes after it (replayed from the views, then live).
+    NOT_FOUND if the account does not exist (once the views reach from_position);
+    when the server shuts down the stream ends with UNAVAILABLE (reason
+    SERVER_SHUTTING_DOWN): reconnect with from_position to resume.
+    """
+    WatchTransfer: _aio.UnaryStreamMultiCallable[_account_query_service_pb2.WatchTransferRequest, _account_query_service_pb2.WatchTransferResponse]  # type: ignore[assignment]
+    """A live stream of a transfer: its current state, then each change; the stream
+    ends once the transfer is COMPLETED or FAILED.
+    """
 
 class AccountQueryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads the views the projector maintains; never touches the event store.
@@ -138,5 +164,30 @@ class AccountQueryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_query_service_pb2.ListTransfersResponse, _abc.Awaitable[_account_query_service_pb2.ListTransfersResponse]]:
         """Transfers into or out of an account, oldest first."""
+
+    @_abc_1.abstractmethod
+    def WatchAccount(
+        self,
+        request: _account_query_service_pb2.WatchAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_account_query_service_pb2.WatchAccountResponse], _abc.AsyncIterator[_account_query_service_pb2.WatchAccountResponse]]:
+        """A live stream of an account: with from_position 0, its current state first,
+        then every change as the projector applies it, in log order, with no gaps and
+        no duplicates. A client that reconnects with the `position` of the last message
+        it saw gets exactly the changes after it (replayed from the views, then live).
+        NOT_FOUND if the account does not exist (once the views reach from_position);
+        when the server shuts down the stream ends with UNAVAILABLE (reason
+        SERVER_SHUTTING_DOWN): reconnect with from_position to resume.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTransfer(
+        self,
+        request: _account_query_service_pb2.WatchTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_account_query_service_pb2.WatchTransferResponse], _abc.AsyncIterator[_account_query_service_pb2.WatchTransferResponse]]:
+        """A live stream of a transfer: its current state, then each change; the stream
+        ends once the transfer is COMPLETED or FAILED.
+        """
 
 def add_AccountQueryServiceServicer_to_server(servicer: AccountQueryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -41,6 +41,7 @@ from ledger.views.port import (
     Collection,
     Document,
     Scalar,
+    StatusValue,
     Upsert,
     check_field_name,
 )
@@ -48,6 +49,7 @@ from ledger.views.port import (
 SRV_SCHEME = "mongodb+srv://"
 POSITION = "_pos"
 CHECKPOINTS = "checkpoints"
+STATUSES = "statuses"
 DUPLICATE_KEY = 11000
 MAX_ROUNDS = 16
 HIDDEN = {POSITION: 0}
@@ -291,6 +293,21 @@ class MongoViewStore:
         async with self._available():
             raws = await self._database[CHECKPOINTS].find({}).sort(KEY, ASCENDING).to_list()
         return [Checkpoint(r[KEY], int(r["position"]), _utc(r.get("updated_at"))) for r in raws]
+
+    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
+        for field in fields:
+            _settable(field)
+        async with self._available():
+            # The replacement names its _id too: the nx-27017 stand-in would not take it
+            # from the filter on an upsert.
+            await self._database[STATUSES].replace_one(
+                {KEY: name}, {KEY: name, **fields}, upsert=True
+            )
+
+    async def statuses(self) -> list[dict[str, StatusValue]]:
+        async with self._available():
+            raws = await self._database[STATUSES].find({}).sort(KEY, ASCENDING).to_list()
+        return [_document(r) for r in raws]
 
     async def get(self, collection: str, key: str) -> Document | None:
         async with self._available():

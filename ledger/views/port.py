@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 Scalar = str | int | bool | None
+StatusValue = Scalar | float
+"""A field of a status record: a scalar, or a float (rates and durations, never money)."""
 Document = dict[str, Any]
 KEY = "_id"
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -69,6 +71,15 @@ class ViewStore(Protocol):
         """The stored position of checkpoint `name`, 0 if there is none."""
 
     async def checkpoints(self) -> list[Checkpoint]: ...
+
+    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
+        """Replace the status record `name` with `fields` (last write wins).
+
+        A small record a long-running writer (the projector) publishes about itself
+        for readers (the query server), kept apart from the views and checkpoints."""
+
+    async def statuses(self) -> list[dict[str, StatusValue]]:
+        """Every status record, ordered by name, each with its name under `_id`."""
 
     async def get(self, collection: str, key: str) -> Document | None: ...
 

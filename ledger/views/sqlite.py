@@ -21,6 +21,7 @@ from ledger.views.port import (
     Collection,
     Document,
     Scalar,
+    StatusValue,
     Upsert,
     check_field_name,
 )
@@ -30,6 +31,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     name       TEXT PRIMARY KEY,
     position   INTEGER NOT NULL,
     updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS statuses (
+    name   TEXT PRIMARY KEY,
+    fields TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -71,6 +76,12 @@ def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
         f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position"
         " WHERE excluded.position > position"
     )
+
+
+def _status_field(name: str) -> str:
+    if check_field_name(name) == KEY:
+        raise ValueError("a status record's name is its key, not one of its fields")
+    return name
 
 
 def _document(key: str, raw: str) -> Document:
@@ -146,6 +157,25 @@ class SqliteViewStore:
                 "SELECT name, position, updated_at FROM checkpoints ORDER BY name"
             ).fetchall()
             return [Checkpoint(n, int(p), datetime.fromisoformat(u)) for n, p, u in rows]
+
+        return await self._db.read(read)
+
+    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
+        raw = json.dumps({_status_field(f): v for f, v in fields.items()})
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO statuses (name, fields) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET fields = excluded.fields",
+                (name, raw),
+            )
+
+        await self._db.write(write)
+
+    async def statuses(self) -> list[dict[str, StatusValue]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, StatusValue]]:
+            rows = conn.execute("SELECT name, fields FROM statuses ORDER BY name").fetchall()
+            return [{**json.loads(f), KEY: n} for n, f in rows]
 
         return await self._db.read(read)
 

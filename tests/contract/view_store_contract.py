@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from ledger.views.port import KEY, Checkpoint, Collection, Index, Scalar, Upsert, ViewStore
+from ledger.views.port import (
+    KEY,
+    Checkpoint,
+    Collection,
+    Index,
+    Scalar,
+    StatusValue,
+    Upsert,
+    ViewStore,
+)
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,47 @@ class ViewStoreContract:
             if c.updated_at is not None:
                 assert isinstance(c.updated_at, datetime)
                 assert c.updated_at.utcoffset() is not None
+
+    # Status records
+
+    async def test_a_status_record_is_saved_replaced_and_listed(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        a, b = names.checkpoint("a"), names.checkpoint("b")
+        first: dict[str, StatusValue] = {
+            "state": "LIVE",
+            "head_position": 2**53 + 1,
+            "rate": 12.5,
+            "ok": True,
+            "last_error": None,
+        }
+        await views.save_status(b, {"state": "STOPPED"})
+        await views.save_status(a, first)
+        mine = [s for s in await views.statuses() if s[KEY] in (a, b)]
+        assert mine == [{KEY: a, **first}, {KEY: b, "state": "STOPPED"}]
+        # A save replaces the whole record: fields left out are gone.
+        await views.save_status(a, {"state": "FAILED", "rate": 0.0})
+        mine = [s for s in await views.statuses() if s[KEY] in (a, b)]
+        assert mine == [{KEY: a, "state": "FAILED", "rate": 0.0}, {KEY: b, "state": "STOPPED"}]
+        assert isinstance(mine[0]["rate"], float)
+
+    async def test_status_records_are_not_checkpoints_or_views(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        name = names.checkpoint("s")
+        await views.save_status(name, {"head_position": 9})
+        assert name not in [c.name for c in await views.checkpoints()]
+        assert await views.checkpoint(name) == 0
+        assert await views.find(names.people, where={}, order_by=KEY, limit=10) == []
+
+    @pytest.mark.parametrize("field", [KEY, "a.b", "$set", ""])
+    async def test_a_status_field_named_oddly_is_refused(
+        self, views: ViewStore, names: Names, field: str
+    ) -> None:
+        name = names.checkpoint("s")
+        with pytest.raises(ValueError, match=r"field|key"):
+            await views.save_status(name, {"state": "LIVE", field: 1})
+        assert name not in [s[KEY] for s in await views.statuses()]
 
     # Queries
 

@@ -9,7 +9,15 @@ import grpc
 
 from ledger.errors import Unavailable
 from ledger.v1 import account_query_service_pb2 as qry
-from ledger.views.port import Checkpoint, Collection, Document, Scalar, Upsert, ViewStore
+from ledger.views.port import (
+    Checkpoint,
+    Collection,
+    Document,
+    Scalar,
+    StatusValue,
+    Upsert,
+    ViewStore,
+)
 from tests.grpc.conftest import LedgerFactory
 from tests.support import connect, expect_failure, new_id
 
@@ -37,6 +45,12 @@ class FailingReads:
 
     async def checkpoints(self) -> list[Checkpoint]:
         return await self._inner.checkpoints()
+
+    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
+        await self._inner.save_status(name, fields)
+
+    async def statuses(self) -> list[dict[str, StatusValue]]:
+        return await self._inner.statuses()
 
     async def get(self, collection: str, key: str) -> Document | None:
         raise self._error
