@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from ledger.backoff import Backoff
 from ledger.errors import ConcurrencyConflict, LedgerError, Unavailable
 from ledger.eventstore.codec import EventCodec, EventMetadata
 from ledger.eventstore.port import ANY_VERSION, EventStore, RecordedEvent
@@ -88,7 +89,7 @@ class ProcessManager:
 
     async def run(self) -> None:
         """Run until cancelled; save the checkpoint on the way out."""
-        delay = 0.2
+        backoff = Backoff(cap=self._max_delay)
         try:
             while True:
                 position_before = self.position
@@ -96,10 +97,9 @@ class ProcessManager:
                     await self._follow()
                 except Exception as exc:
                     if self.position != position_before:
-                        delay = 0.2
-                    self._log_failure("process manager interrupted", exc, delay=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._max_delay)
+                        backoff.reset()
+                    self._log_failure("process manager interrupted", exc, delay=backoff.delay)
+                    await asyncio.sleep(backoff.take())
         except asyncio.CancelledError:
             await self._save_on_stop()
             raise
@@ -124,7 +124,7 @@ class ProcessManager:
                 await self._save(self.position)
 
     async def _run_step(self, step: Step) -> None:
-        delay = 0.01
+        backoff = Backoff(first=0.01, cap=self._max_delay)
         async with self._slots:
             while True:
                 try:
@@ -132,7 +132,7 @@ class ProcessManager:
                     return
                 except RETRYABLE as exc:
                     log.warning(
-                        f"step failed, retrying in {delay:.2f}s",
+                        f"step failed, retrying in {backoff.delay:.2f}s",
                         extra={
                             "process_manager": self._name,
                             "step": step.name,
@@ -142,8 +142,7 @@ class ProcessManager:
                 except Exception as exc:
                     self._log_failure("step failed, skipped", exc, step=step.name)
                     return
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._max_delay)
+                await asyncio.sleep(backoff.take() * random.uniform(0.5, 1.0))
 
     def _log_failure(self, message: str, exc: Exception, **extra: object) -> None:
         fields = {"process_manager": self._name, **extra}

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from ledger.backoff import Backoff
 from ledger.errors import Unavailable
 from ledger.eventstore.port import EventStore, RecordedEvent
 from ledger.parking import describe, park, parked_events, utc_now
@@ -99,21 +100,20 @@ class ProjectionRunner:
                 await self.publish_status(refresh=False)
 
     async def _run(self, max_delay: float) -> None:
-        delay = 0.2
+        backoff = Backoff(cap=max_delay)
         while True:
             applied_before = self.applied
             try:
                 await self._follow()
             except Unavailable as exc:
                 if self.applied != applied_before:
-                    delay = 0.2
+                    backoff.reset()
                 self.last_error = exc.message
                 log.warning(
-                    f"store unavailable, resuming from the checkpoint in {delay:.1f}s",
+                    f"store unavailable, resuming from the checkpoint in {backoff.delay:.1f}s",
                     extra={"projection": self._projection.checkpoint_name, "error": exc.message},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, max_delay)
+                await asyncio.sleep(backoff.take())
 
     async def _follow(self) -> None:
         """Apply batches from the stored checkpoint on; a cancellation never splits a batch."""

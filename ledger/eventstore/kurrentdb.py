@@ -44,6 +44,7 @@ from kurrentdbclient.exceptions import (
     WrongCurrentVersionError,
 )
 
+from ledger.backoff import Backoff
 from ledger.errors import Unavailable, WrongExpectedVersion
 from ledger.eventstore.port import (
     ANY_VERSION,
@@ -255,7 +256,7 @@ class KurrentDBEventStore:
         """
         pattern = _streams_regex(stream_prefixes)
         last = after_position
-        backoff = 0.1
+        backoff = Backoff(first=0.1, cap=self._max_backoff)
         while True:
             items: asyncio.Queue[KurrentRecordedEvent | BaseException] = asyncio.Queue(MAX_BATCH)
             try:
@@ -268,7 +269,7 @@ class KurrentDBEventStore:
                     checkpoint_interval_multiplier=self._checkpoint_multiplier,
                 )
             except TRANSIENT as exc:
-                backoff = await self._pause(exc, last, backoff)
+                await self._pause(exc, last, backoff)
                 continue
             pump = asyncio.create_task(_pump(subscription, items), name="kurrentdb-subscription")
             try:
@@ -283,11 +284,11 @@ class KurrentDBEventStore:
                     if batch is not None:
                         yield batch
                         last = batch.position
-                        backoff = 0.1
+                        backoff.reset()
                     if failure is not None:
                         raise failure
             except TRANSIENT as exc:  # dropped, or reading a checkpoint's position back failed
-                backoff = await self._pause(exc, last, backoff)
+                await self._pause(exc, last, backoff)
             finally:
                 pump.cancel()
                 with contextlib.suppress(BaseException):
@@ -322,13 +323,12 @@ class KurrentDBEventStore:
             log.warning("checkpoint ignored", extra={"checkpoint": checkpoint, "error": str(exc)})
             return 0
 
-    async def _pause(self, exc: BaseException, last: int, backoff: float) -> float:
+    async def _pause(self, exc: BaseException, last: int, backoff: Backoff) -> None:
         log.warning(
-            f"subscription dropped, resubscribing in {backoff:.1f}s",
+            f"subscription dropped, resubscribing in {backoff.delay:.1f}s",
             extra={"kurrentdb": self._where, "after_position": last, "error": str(exc)},
         )
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, self._max_backoff)
+        await asyncio.sleep(backoff.take())
 
 
 async def _pump(

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ledger.backoff import Backoff
 from ledger.errors import Unavailable
 from ledger.grpc.errors import ErrorMappingInterceptor
 
@@ -56,18 +57,18 @@ async def open_with_retry(
     what: str, open_: Callable[[], Awaitable[None]], stop: asyncio.Event, *, max_delay: float = 10.0
 ) -> bool:
     """Open a store, retrying with backoff while it is unavailable; False if stopped first."""
-    delay = 0.2
+    backoff = Backoff(cap=max_delay)
     while not stop.is_set():
         try:
             await open_()
             return True
         except Unavailable as exc:
             log.warning(
-                f"{what} unavailable, retrying in {delay:.1f}s", extra={"error": exc.message}
+                f"{what} unavailable, retrying in {backoff.delay:.1f}s",
+                extra={"error": exc.message},
             )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, max_delay)
+            await asyncio.wait_for(stop.wait(), backoff.take())
     return False
 
 
