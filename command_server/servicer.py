@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import uuid
 
-from ledger.application.clock import Clock as Clock
-from ledger.application.clock import utc_now as utc_now
+from ledger.application.clock import Clock, utc_now
 from ledger.application.command_handler import CommandHandler
 from ledger.banking.transfers import TransferService
 from ledger.domain import accounts

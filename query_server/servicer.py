@@ -127,6 +127,17 @@ def transfer_message(doc: Document) -> transfer_pb2.Transfer:
     )
 
 
+# The histories that hold the state fields an event may change, and the fields every
+# `account_history` row carries.
+STATE_HISTORIES = ((BALANCE_HISTORY, "balance_minor"), (STATUS_HISTORY, "status"))
+EVENT_FIELDS = ("version", "position", "updated_at")
+
+
+def _after_event(before: Document, event: Document, values: dict[str, Scalar]) -> Document:
+    """`before` with the state `values` the event set and the event's own fields."""
+    return {**before, **values, **{field: event[field] for field in EVENT_FIELDS}}
+
+
 def _up_to(checkpoint: int, rows: list[Document]) -> list[Document]:
     """The leading rows (in log order) at or before the checkpoint."""
     return list(itertools.takewhile(lambda r: r["position"] <= checkpoint, rows))
@@ -167,7 +178,6 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         await self._caught_up(request.min_position, context)
         account_id = request.account_id
         current = await self._account(account_id)
-        where: dict[str, Scalar] = {"account_id": account_id}
         bound: Scalar
         if request.WhichOneof("as_of") == "as_of_version":
             order_by, bound = "version", min(request.as_of_version, LAST_VERSION)
@@ -175,38 +185,37 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             # Microseconds, as the views store them: nanoseconds beyond are truncated.
             at = request.as_of_time.ToDatetime(tzinfo=UTC)
             order_by, bound = AT_KEY, at_key(timestamp(at), LAST_VERSION)
-        found = await self._views.find(
-            ACCOUNT_HISTORY,
-            where=where,
+        event = await self._last_at_or_before(ACCOUNT_HISTORY, account_id, order_by, bound)
+        if event is None:
+            raise NotFound(f"account {account_id!r} did not exist yet at that point")
+        state = await self._state_after(current, event)
+        return pb.GetAccountAsOfResponse(account=account_message(state))
+
+    async def _last_at_or_before(
+        self, collection: str, account_id: str, order_by: str, bound: Scalar
+    ) -> Document | None:
+        """One indexed lookup: the account's last row of `collection` with `order_by` <= bound."""
+        rows = await self._views.find(
+            collection,
+            where={"account_id": account_id},
             order_by=order_by,
             at_most=bound,
             descending=True,
             limit=1,
         )
-        if not found:
-            raise NotFound(f"account {account_id!r} did not exist yet at that point")
-        state = await self._state_after(current, found[0])
-        return pb.GetAccountAsOfResponse(account=account_message(state))
+        return rows[0] if rows else None
 
     async def _state_after(self, current: Document, event: Document) -> Document:
         """The account right after the event of an `account_history` row."""
-        where: dict[str, Scalar] = {"account_id": current["account_id"]}
-        state = {**current}
-        for collection, field in ((BALANCE_HISTORY, "balance_minor"), (STATUS_HISTORY, "status")):
-            rows = await self._views.find(
-                collection,
-                where=where,
-                order_by="version",
-                at_most=event["version"],
-                descending=True,
-                limit=1,
+        values: dict[str, Scalar] = {}
+        for collection, field in STATE_HISTORIES:
+            row = await self._last_at_or_before(
+                collection, current["account_id"], "version", event["version"]
             )
-            if not rows:  # the opening event writes both; the views are inconsistent
+            if row is None:  # the opening event writes both; the views are inconsistent
                 raise RuntimeError(f"no {collection} row for {current['account_id']!r}")
-            state[field] = rows[0][field]
-        for field in ("version", "position", "updated_at"):
-            state[field] = event[field]
-        return state
+            values[field] = row[field]
+        return _after_event(current, event, values)
 
     async def ListAccounts(
         self, request: pb.ListAccountsRequest, context: Context
@@ -314,15 +323,10 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
 
     async def _state_at_position(self, current: Document, position: int) -> Document | None:
         """The account after its last event at or before `position` (None: not opened yet)."""
-        found = await self._views.find(
-            ACCOUNT_HISTORY,
-            where={"account_id": current["account_id"]},
-            order_by="position",
-            at_most=position,
-            descending=True,
-            limit=1,
+        event = await self._last_at_or_before(
+            ACCOUNT_HISTORY, current["account_id"], "position", position
         )
-        return await self._state_after(current, found[0]) if found else None
+        return None if event is None else await self._state_after(current, event)
 
     async def _account_changes(
         self, watch: Watch, current: Document, state: Document | None, checkpoint: int
@@ -352,15 +356,15 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
                     found[collection] = {d["version"]: d for d in docs}
                 for row in complete:
                     v = row["version"]
-                    state = {**(current if state is None else state)}
-                    for collection, field in (
-                        (BALANCE_HISTORY, "balance_minor"),
-                        (STATUS_HISTORY, "status"),
-                    ):
-                        if v in found[collection]:
-                            state[field] = found[collection][v][field]
-                    for field in ("version", "position", "updated_at"):
-                        state[field] = row[field]
+                    state = _after_event(
+                        current if state is None else state,
+                        row,
+                        {
+                            field: found[collection][v][field]
+                            for collection, field in STATE_HISTORIES
+                            if v in found[collection]
+                        },
+                    )
                     transaction = found[TRANSACTIONS].get(v)
                     yield pb.WatchAccountResponse(
                         account=account_message(state),

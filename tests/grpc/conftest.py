@@ -13,7 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from command_server.servicer import AccountCommandServicer, Clock, utc_now
+from command_server.servicer import AccountCommandServicer
+from ledger.application.clock import Clock, utc_now
 from ledger.application.command_handler import CommandHandler
 from ledger.banking.views import codec, projection
 from ledger.consistency import CheckpointFollower
