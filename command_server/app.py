@@ -10,7 +10,6 @@ event store closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from command_server.servicer import AccountCommandServicer
 from ledger.application.command_handler import CommandHandler
@@ -18,6 +17,7 @@ from ledger.backends import event_store_from_env
 from ledger.banking.transfer_saga import transfer_process_manager
 from ledger.banking.views import codec
 from ledger.domain import accounts
+from ledger.eventstore.state_codec import JsonStateCodec
 from ledger.grpc.server import Service, open_with_retry, serve
 from ledger.settings import Env, bind_host, env_choice, port, shutdown_grace
 from ledger.v1 import account_command_service_pb2, account_command_service_pb2_grpc
@@ -33,24 +33,14 @@ async def run(env: Env) -> int:
     events = event_store_from_env(env)
     listen_port = port(env, "LEDGER_COMMAND_PORT", 50051)
     host, grace = bind_host(env), shutdown_grace(env)
-    handler = CommandHandler(events, accounts.accounts, codec)
+    handler = CommandHandler(
+        events, accounts.accounts, codec, snapshots=JsonStateCodec(accounts.Account)
+    )
     servicer = AccountCommandServicer(handler)
     process_manager = transfer_process_manager(handler) if transfer_processor_enabled(env) else None
-    background: list[asyncio.Task[None]] = []
 
     async def start(stop: asyncio.Event) -> bool:
-        if not await open_with_retry("event store", events.open, stop):
-            return False
-        if process_manager is not None:
-            background.append(asyncio.create_task(process_manager.run(), name="transfers"))
-        return True
-
-    async def close() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await events.close()
+        return await open_with_retry("event store", events.open, stop)
 
     return await serve(
         name="command_server",
@@ -64,6 +54,7 @@ async def run(env: Env) -> int:
             )
         ],
         start=start,
-        stop=close,
+        stop=events.close,
         grace=grace,
+        background=[process_manager.run] if process_manager is not None else [],
     )

@@ -1,8 +1,9 @@
 """Maps domain events (frozen dataclasses) to stored events and back.
 
 Bodies are JSON (readable in the EventStoreDB UI and by other languages); datetimes
-travel as ISO-8601 strings and enums by value. Metadata carries the request id and
-command fingerprint that make retries idempotent, plus correlation and causation ids.
+travel as ISO-8601 strings, enums by value and frozensets as sorted lists. Metadata
+carries the request id and command fingerprint that make retries idempotent, plus
+correlation and causation ids.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import dataclasses
 import enum
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
+
+import orjson
 
 from ledger.eventstore.port import NewEvent, RecordedEvent
 
@@ -29,7 +32,13 @@ class EventMetadata:
     causation_id: str = ""
 
     def to_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        body = {
+            "request_id": self.request_id,
+            "fingerprint": self.fingerprint,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EventMetadata:
@@ -59,7 +68,7 @@ class EventCodec:
     def __init__(self, types: Mapping[str, type[Any]]) -> None:
         self._by_name = dict(types)
         self._by_class = {cls: name for name, cls in types.items()}
-        self._hints = {cls: get_type_hints(cls) for cls in types.values()}
+        self._shapes = {cls: DataclassShape(cls) for cls in types.values()}
 
     def type_name(self, event: object) -> str:
         return self.type_name_of_class(type(event))
@@ -72,16 +81,14 @@ class EventCodec:
 
     def encode(self, event: object) -> tuple[str, bytes]:
         name = self.type_name(event)
-        body = {f.name: _to_json(getattr(event, f.name)) for f in dataclasses.fields(event)}  # type: ignore[arg-type]
+        body = self._shapes[type(event)].to_json(event)
         return name, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     def decode(self, type_name: str, data: bytes) -> object:
         cls = self._by_name.get(type_name)
         if cls is None:
             raise UnknownEventType(type_name)
-        body = json.loads(data)
-        hints = self._hints[cls]
-        return cls(**{name: _from_json(hints[name], value) for name, value in body.items()})
+        return self._shapes[cls].from_json(orjson.loads(data))
 
     def knows(self, type_name: str) -> bool:
         return type_name in self._by_name
@@ -101,17 +108,46 @@ class EventCodec:
         return self.decode(recorded.type, recorded.data)
 
 
-def _to_json(value: object) -> object:
+class DataclassShape:
+    """How one dataclass travels as a JSON object. Which fields need converting back
+    (datetimes, enums, frozensets) is worked out once per class, not once per value:
+    decoding is on the projector's and every cold load's hot path."""
+
+    def __init__(self, cls: type[Any]) -> None:
+        hints = get_type_hints(cls)
+        self.cls = cls
+        self.fields = tuple(f.name for f in dataclasses.fields(cls))
+        self.hints = {name: hints[name] for name in self.fields}
+        self._decoders = {
+            name: decoder for name in self.fields if (decoder := _decoder(hints[name])) is not None
+        }
+
+    def to_json(self, value: object) -> dict[str, object]:
+        return {name: to_json_value(getattr(value, name)) for name in self.fields}
+
+    def from_json(self, body: dict[str, Any]) -> Any:
+        """The instance; TypeError (or ValueError) if `body` does not fit the class."""
+        for name, decode in self._decoders.items():
+            if name in body:
+                body[name] = decode(body[name])
+        return self.cls(**body)
+
+
+def _decoder(hint: Any) -> Callable[[Any], object] | None:
+    if hint is datetime:
+        return lambda v: datetime.fromisoformat(v) if isinstance(v, str) else v
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    if get_origin(hint) is frozenset:
+        return lambda v: frozenset(v) if isinstance(v, list) else v
+    return None
+
+
+def to_json_value(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value
-    return value
-
-
-def _from_json(hint: Any, value: object) -> object:
-    if hint is datetime and isinstance(value, str):
-        return datetime.fromisoformat(value)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return hint(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
     return value

@@ -12,7 +12,13 @@ Mapping to the port:
 - subscriptions read $all filtered by stream name (which also keeps out the server's
   own $-prefixed streams), with checkpoints, so a consumer's stored position moves past
   events it does not want; a dropped subscription is resumed after the last position
-  handed out, with backoff, never repeating or skipping an event.
+  handed out, with backoff, never repeating or skipping an event;
+- a stream's snapshots are events of the stream `snapshot-<stream>` (the latest is the
+  last one), which subscriptions and head_position leave out: no category a consumer
+  subscribes to can match it, and the catch-all filter excludes the prefix;
+- there is no index by event id, so `find_event` reads the stream backwards, and ids
+  are only deduplicated where a retry lands (`unique_event_ids` is false: the command
+  handler then takes no snapshots and keeps every request id in its cache).
 
 Connectivity failures (node down, deadline exceeded, no leader) become Unavailable.
 """
@@ -21,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Final, NoReturn
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from kurrentdbclient import AsyncKurrentDBClient, StreamState
 from kurrentdbclient import NewEvent as KurrentNewEvent
@@ -52,6 +61,7 @@ from ledger.eventstore.port import (
     AppendResult,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     SubscriptionBatch,
 )
 
@@ -61,8 +71,10 @@ CONTENT_TYPE: Final = "application/json"
 EPOCH: Final = datetime.fromtimestamp(0, UTC)
 PROBE_STREAM: Final = "ledger-connection-check"
 """Read (never written) by open() to prove the node answers; a user stream, so any user may."""
-USER_STREAMS: Final = r"[^$].*"
-"""Every stream except the server's own ($-prefixed) ones."""
+SNAPSHOT_PREFIX: Final = "snapshot-"
+SNAPSHOT_TYPE: Final = "Snapshot"
+USER_STREAMS: Final = r"(?!\$|snapshot-).*"
+"""Every stream except the server's own ($-prefixed) ones and the snapshots."""
 GRPC_OPTIONS: Final = (
     # The client replaces its channel when a call finds the node down; with gRPC's global
     # subchannel pool the new channel would inherit the old one's reconnect backoff
@@ -209,21 +221,88 @@ class KurrentDBEventStore:
             revision = page[-1].stream_position - 1
         raise RuntimeError(f"appended event {last.event_id} is not in stream {stream!r}")
 
-    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
-        try:
-            recorded = await self._db.get_stream(
-                stream, stream_position=max(from_version, 0), timeout=self._deadline
-            )
-        except NotFoundError:
-            return []
-        except TRANSIENT as exc:
-            self._unavailable(exc)
+    async def read_stream(
+        self, stream: str, from_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        recorded = await self._get(
+            stream, max(from_version, 0), backwards=False, limit=limit or sys.maxsize
+        )
         return [_to_port(r) for r in recorded]
 
-    async def head_position(self) -> int:
-        """Position of the last event outside the server's own $-streams (0 if none)."""
+    async def _get(
+        self, stream: str, revision: int | None, *, backwards: bool, limit: int
+    ) -> tuple[KurrentRecordedEvent, ...]:
         try:
-            return await self._last_position_before(None, USER_STREAMS)
+            return await self._db.get_stream(
+                stream,
+                stream_position=revision,
+                backwards=backwards,
+                limit=limit,
+                timeout=self._deadline,
+            )
+        except NotFoundError:
+            return ()
+        except TRANSIENT as exc:
+            self._unavailable(exc)
+
+    @property
+    def unique_event_ids(self) -> bool:
+        return False
+
+    async def find_event(self, stream: str, event_id: UUID) -> RecordedEvent | None:
+        """Pages backwards from the end: recent requests are found first."""
+        revision: int | None = None
+        while revision is None or revision >= 0:
+            page = await self._get(stream, revision, backwards=True, limit=MAX_BATCH)
+            for recorded in page:
+                if recorded.id == event_id:
+                    return _to_port(recorded)
+            if len(page) < MAX_BATCH:
+                return None
+            revision = page[-1].stream_position - 1
+        return None
+
+    async def read_snapshot(self, stream: str) -> Snapshot | None:
+        page = await self._get(SNAPSHOT_PREFIX + stream, None, backwards=True, limit=1)
+        if not page or page[0].type != SNAPSHOT_TYPE:
+            return None
+        try:
+            where = json.loads(page[0].metadata)
+            return Snapshot(int(where["version"]), int(where["position"]), page[0].data)
+        except (ValueError, KeyError, TypeError):
+            return None  # not ours: the caller replays instead
+
+    async def read_latest(self, stream: str) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        snapshot = await self.read_snapshot(stream)
+        after = NO_STREAM if snapshot is None else snapshot.version
+        return snapshot, await self.read_stream(stream, after + 1)
+
+    async def write_snapshot(self, stream: str, snapshot: Snapshot) -> None:
+        latest = await self.read_snapshot(stream)
+        if latest is not None and latest.version >= snapshot.version:
+            return
+        where = {"version": snapshot.version, "position": snapshot.position}
+        event = KurrentNewEvent(
+            type=SNAPSHOT_TYPE,
+            data=snapshot.data,
+            metadata=json.dumps(where).encode(),
+            content_type="application/octet-stream",
+        )
+        try:
+            await self._db.append_to_stream(
+                SNAPSHOT_PREFIX + stream,
+                events=[event],
+                current_version=StreamState.ANY,
+                timeout=self._deadline,
+            )
+        except TRANSIENT as exc:
+            self._unavailable(exc)
+
+    async def head_position(self, *, stream_prefixes: Sequence[str] = ()) -> int:
+        """Position of the last event outside the server's own $-streams and snapshots,
+        in the streams with these prefixes if any are given (0 if none)."""
+        try:
+            return await self._last_position_before(None, _streams_regex(stream_prefixes))
         except TRANSIENT as exc:
             self._unavailable(exc)
 
@@ -345,11 +424,12 @@ async def _pump(
 
 
 def _streams_regex(prefixes: Sequence[str]) -> str:
-    """One anchored-by-the-client alternative: `^(?:p1|p2).*$`, never a $-stream."""
+    """One anchored-by-the-client alternative: `^(?:p1|p2).*$`, never a $-stream or a
+    snapshot."""
     if not prefixes:
         return USER_STREAMS
     escaped = "|".join(re.escape(p) for p in prefixes)
-    return f"(?!\\$)(?:{escaped}).*"
+    return f"(?!\\$|{SNAPSHOT_PREFIX})(?:{escaped}).*"
 
 
 def _redacted(uri: str) -> str:

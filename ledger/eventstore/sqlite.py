@@ -3,6 +3,10 @@
 Concurrent appends are group-committed: whatever is queued when the writer thread
 becomes free goes into one transaction (each append in its own savepoint, so one
 append's conflict never affects another), and one fsync acknowledges them all.
+
+Snapshots live in their own table, one row per stream, outside the log: the projector
+never sees them. They are committed without an fsync of their own (the next append's
+fsync covers them; a snapshot lost in a crash only means a replay).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ledger.eventstore.port import (
     AppendResult,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     SubscriptionBatch,
 )
 from ledger.sqlite_support import ChangeWatcher, SqliteThreads
@@ -39,6 +44,12 @@ CREATE TABLE IF NOT EXISTS events (
     recorded_at TEXT    NOT NULL,
     UNIQUE (stream, version)
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream      TEXT    PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    position    INTEGER NOT NULL,
+    data        BLOB    NOT NULL
+) WITHOUT ROWID;
 """
 
 COLUMNS = "event_id, stream, version, position, type, data, metadata, recorded_at"
@@ -89,7 +100,7 @@ def _already_appended(
     consecutive = versions == list(range(first, first + len(events)))
     fits = expected in (ANY_VERSION, first - 1)
     if len(rows) == len(events) and streams == {stream} and consecutive and fits:
-        return AppendResult(version=versions[-1], position=rows[-1][2])
+        return AppendResult(version=versions[-1], position=rows[-1][2], deduplicated=True)
     # Some ids exist elsewhere: this is not a retry of the same append.
     raise WrongExpectedVersion(stream, expected, _current_version(conn, stream))
 
@@ -118,6 +129,37 @@ def _append_one(conn: sqlite3.Connection, item: _PendingAppend, now: str) -> App
         )
         position = int(cursor.lastrowid or 0)
     return AppendResult(version=current + len(item.events), position=position)
+
+
+def _read_stream(
+    conn: sqlite3.Connection, stream: str, from_version: int, limit: int | None = None
+) -> list[RecordedEvent]:
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ? ORDER BY version LIMIT ?",
+        (stream, from_version, -1 if limit is None else limit),
+    ).fetchall()
+    return [_row_to_event(r) for r in rows]
+
+
+def _read_snapshot(conn: sqlite3.Connection, stream: str) -> Snapshot | None:
+    row = conn.execute(
+        "SELECT version, position, data FROM snapshots WHERE stream = ?", (stream,)
+    ).fetchone()
+    return None if row is None else Snapshot(int(row[0]), int(row[1]), bytes(row[2]))
+
+
+def _write_snapshot(conn: sqlite3.Connection, stream: str, snapshot: Snapshot) -> None:
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute(
+            "INSERT INTO snapshots (stream, version, position, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
+            " position = excluded.position, data = excluded.data"
+            " WHERE excluded.version > snapshots.version",
+            (stream, snapshot.version, snapshot.position, snapshot.data),
+        )
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")  # every append stays fsync'd
 
 
 def _commit_group(
@@ -228,20 +270,56 @@ class SqliteEventStore:
                 else:
                     item.future.set_exception(outcome)
 
-    async def read_stream(self, stream: str, from_version: int = 0) -> list[RecordedEvent]:
-        def read(conn: sqlite3.Connection) -> list[RecordedEvent]:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version >= ? ORDER BY version",
-                (stream, from_version),
-            ).fetchall()
-            return [_row_to_event(r) for r in rows]
+    async def read_stream(
+        self, stream: str, from_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        return await self._db.read(
+            functools.partial(_read_stream, stream=stream, from_version=from_version, limit=limit)
+        )
+
+    @property
+    def unique_event_ids(self) -> bool:
+        return True  # event_id is UNIQUE (hence indexed), and _already_appended refuses
+
+    async def find_event(self, stream: str, event_id: UUID) -> RecordedEvent | None:
+        def read(conn: sqlite3.Connection) -> RecordedEvent | None:
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM events WHERE event_id = ? AND stream = ?",
+                (str(event_id), stream),
+            ).fetchone()
+            return None if row is None else _row_to_event(row)
 
         return await self._db.read(read)
 
-    async def head_position(self) -> int:
+    async def read_snapshot(self, stream: str) -> Snapshot | None:
+        return await self._db.read(functools.partial(_read_snapshot, stream=stream))
+
+    async def read_latest(self, stream: str) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        def read(conn: sqlite3.Connection) -> tuple[Snapshot | None, list[RecordedEvent]]:
+            conn.execute("BEGIN")  # one read transaction: the two reads agree
+            try:
+                snapshot = _read_snapshot(conn, stream)
+                after = NO_STREAM if snapshot is None else snapshot.version
+                return snapshot, _read_stream(conn, stream, after + 1)
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._db.read(read)
+
+    async def write_snapshot(self, stream: str, snapshot: Snapshot) -> None:
+        await self._db.write(functools.partial(_write_snapshot, stream=stream, snapshot=snapshot))
+
+    async def head_position(self, *, stream_prefixes: Sequence[str] = ()) -> int:
+        prefixes = tuple(stream_prefixes)
+        # Newest first along the primary key, stopping at the first match: only the
+        # trailing events in other streams are looked at.
+        match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
+        sql = f"SELECT position FROM events WHERE {match} ORDER BY position DESC LIMIT 1"
+        parameters = [x for p in prefixes for x in (len(p), p)]
+
         def read(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MAX(position) FROM events").fetchone()
-            return int(row[0] or 0)
+            row = conn.execute(sql, parameters).fetchone()
+            return 0 if row is None else int(row[0])
 
         return await self._db.read(read)
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,10 +82,12 @@ async def serve(
     stop: Callable[[], Awaitable[None]],
     grace: float,
     stopping: Callable[[], Awaitable[None]] | None = None,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> int:
     """Run until SIGTERM/SIGINT. `start` opens the stores (False: stopped before ready);
     `stopping` runs as shutdown begins, before the grace period (to end live streams,
-    which would otherwise hold the server for the whole grace period)."""
+    which would otherwise hold the server for the whole grace period); `background`
+    jobs run from `start` until after the grace period, then are cancelled before `stop`."""
     # No SO_REUSEPORT: a second server on a taken port must fail, not share the traffic.
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor()], options=[("grpc.so_reuseport", 0)]
@@ -112,8 +114,10 @@ async def serve(
     signalled = stop_event_on_signals()
     await server.start()
     log.info(f"{name} listening", extra={"address": f"{host}:{bound}", "services": ",".join(names)})
+    jobs: list[asyncio.Task[None]] = []
     try:
         if await start(signalled):
+            jobs = [asyncio.create_task(job()) for job in background]
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info(f"{name} serving", extra={"address": f"{host}:{bound}"})
             await signalled.wait()
@@ -123,6 +127,10 @@ async def serve(
         if stopping is not None:
             await stopping()
         await server.stop(grace)
+        for job in jobs:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         await stop()
         log.info(f"{name} stopped")
     return 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
@@ -24,18 +22,12 @@ from ledger.domain.accounts import (
     FundsWithdrawn,
     OpenAccount,
     Reason,
-    WithdrawFunds,
 )
 from ledger.errors import ConcurrencyConflict, InvalidArgument, RuleViolated
-from ledger.eventstore.codec import EventCodec, EventMetadata
+from ledger.eventstore.codec import EventMetadata
 from ledger.eventstore.port import RecordedEvent
 from ledger.eventstore.sqlite import SqliteEventStore
-
-Handler = CommandHandler[accounts.State, accounts.Command, accounts.Event]
-AT = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
-ID = "acc-1"
-STREAM = f"account-{ID}"
-codec = EventCodec(accounts.EVENT_TYPES)
+from tests.application import AT, ID, STREAM, Handler, codec, deposit, withdraw
 
 
 def decode(recorded: RecordedEvent) -> accounts.Event:
@@ -44,28 +36,6 @@ def decode(recorded: RecordedEvent) -> accounts.Event:
 
 def new_handler(store: SqliteEventStore) -> Handler:
     return CommandHandler(store, accounts.accounts, codec)
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "events.sqlite3"
-
-
-@pytest.fixture
-async def store(path: Path) -> AsyncIterator[SqliteEventStore]:
-    store = SqliteEventStore(path)
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def second_store(path: Path) -> AsyncIterator[SqliteEventStore]:
-    """Another store on the same file: what a second command server process would have."""
-    store = SqliteEventStore(path)
-    await store.open()
-    yield store
-    await store.close()
 
 
 @pytest.fixture
@@ -84,14 +54,6 @@ async def open_account(handler: Handler, balance: int = 0) -> None:
             request_id="initial",
             fingerprint="f-initial",
         )
-
-
-def deposit(amount: int) -> DepositFunds:
-    return DepositFunds(ID, amount, "EUR", "salary", AT)
-
-
-def withdraw(amount: int) -> WithdrawFunds:
-    return WithdrawFunds(ID, amount, "EUR", "rent", AT)
 
 
 async def balance_in_log(store: SqliteEventStore) -> int:

@@ -32,6 +32,7 @@ from ledger.eventstore.port import (
     EventStore,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     SubscriptionBatch,
 )
 
@@ -82,6 +83,22 @@ async def collect(
                 assert batch.position >= positions[-1]
             seen.extend(e for e in batch.events if e.stream.startswith(streams_prefix))
             if len(seen) >= count:
+                return seen
+        raise AssertionError("a subscription ended by itself")
+
+    return await asyncio.wait_for(run(), TIMEOUT)
+
+
+async def until_position(
+    batches: AsyncIterator[SubscriptionBatch], position: int
+) -> list[RecordedEvent]:
+    """Every event delivered up to the batch that reaches `position`."""
+
+    async def run() -> list[RecordedEvent]:
+        seen: list[RecordedEvent] = []
+        async for batch in batches:
+            seen.extend(batch.events)
+            if batch.position >= position:
                 return seen
         raise AssertionError("a subscription ended by itself")
 
@@ -196,6 +213,101 @@ class EventStoreContract:
         result = await store.append(unique(), events(2), NO_STREAM)
         after = await store.head_position()
         assert after >= result.position > before
+
+    async def test_head_position_of_some_streams_ignores_the_others(
+        self, store: EventStore
+    ) -> None:
+        category = f"c{uuid.uuid4().hex[:12]}"
+        followed = await store.append(f"{category}-1", events(2), NO_STREAM)
+        other = await store.append(unique(), events(1), NO_STREAM)
+        assert await store.head_position(stream_prefixes=(f"{category}-",)) == followed.position
+        assert await store.head_position(stream_prefixes=("nothing-here-",)) == 0
+        assert await store.head_position() >= other.position > followed.position
+        both = (f"{category}-", "nothing-here-")
+        assert await store.head_position(stream_prefixes=both) == followed.position
+
+    async def test_read_stream_stops_at_the_limit(self, store: EventStore) -> None:
+        stream = unique()
+        await store.append(stream, events(5), NO_STREAM)
+        assert [r.version for r in await store.read_stream(stream, 1, 2)] == [1, 2]
+        assert [r.version for r in await store.read_stream(stream, 3, 10)] == [3, 4]
+        assert [r.version for r in await store.read_stream(stream, 0, None)] == [0, 1, 2, 3, 4]
+
+    async def test_find_event_finds_an_event_of_the_stream_by_its_id(
+        self, store: EventStore
+    ) -> None:
+        stream, other = unique(), unique()
+        new = events(3)
+        await store.append(stream, new, NO_STREAM)
+        await store.append(other, events(1), NO_STREAM)
+        found = await store.find_event(stream, new[1].event_id)
+        assert found == (await store.read_stream(stream))[1]
+        assert await store.find_event(stream, uuid.uuid4()) is None
+        assert await store.find_event(other, new[0].event_id) is None  # not in that stream
+        assert await store.find_event(unique(), new[0].event_id) is None
+
+    # Snapshots: beside the log, never in it
+
+    async def test_a_stream_has_no_snapshot_until_one_is_written(self, store: EventStore) -> None:
+        stream = unique()
+        await store.append(stream, events(1), NO_STREAM)
+        assert await store.read_snapshot(stream) is None
+        assert await store.read_snapshot(unique()) is None
+
+    async def test_the_latest_snapshot_is_read_back_and_an_older_one_never_replaces_it(
+        self, store: EventStore
+    ) -> None:
+        stream, other = unique(), unique()
+        first = await store.append(stream, events(1), NO_STREAM)
+        last = await store.append(stream, events(2), first.version)
+        data = bytes(range(256))
+        await store.write_snapshot(stream, Snapshot(0, first.position, b"at zero"))
+        await store.write_snapshot(stream, Snapshot(2, last.position, data))
+        assert await store.read_snapshot(stream) == Snapshot(2, last.position, data)
+        await store.write_snapshot(stream, Snapshot(0, first.position, b"late and stale"))
+        assert await store.read_snapshot(stream) == Snapshot(2, last.position, data)
+        assert await store.read_snapshot(other) is None  # per stream
+        assert len(await store.read_stream(stream)) == 3
+
+    async def test_a_snapshot_is_not_an_event(self, store: EventStore) -> None:
+        prefix = unique()
+        before = await store.head_position()
+        first = await store.append(f"{prefix}-1", events(1), NO_STREAM)
+        await store.write_snapshot(f"{prefix}-1", Snapshot(0, first.position, b"{}"))
+        last = await store.append(f"{prefix}-2", events(1), NO_STREAM)
+        await store.write_snapshot(f"{prefix}-2", Snapshot(0, last.position, b"{}"))
+        assert await store.head_position() == last.position
+        for prefixes in ([prefix], []):
+            async with subscription(store, before, prefixes) as batches:
+                got = await until_position(batches, last.position)
+            assert [e.position for e in got if prefix in e.stream] == [
+                first.position,
+                last.position,
+            ]
+            assert all(e.stream.startswith(prefix) for e in got if prefix in e.stream)
+
+    async def test_read_latest_is_the_snapshot_and_the_events_after_it(
+        self, store: EventStore
+    ) -> None:
+        stream = unique()
+        first = await store.append(stream, events(2), NO_STREAM)
+        assert await store.read_latest(stream) == (None, await store.read_stream(stream))
+        await store.write_snapshot(stream, Snapshot(0, first.position, b"s"))
+        snapshot, after = await store.read_latest(stream)
+        assert snapshot == await store.read_snapshot(stream)
+        assert after == await store.read_stream(stream, 1)
+        await store.write_snapshot(stream, Snapshot(first.version, first.position, b"t"))
+        assert (await store.read_latest(stream))[1] == []
+        assert await store.read_latest(unique()) == (None, [])
+
+    async def test_another_instance_reads_the_snapshot(
+        self, store: EventStore, other_store: EventStore | None
+    ) -> None:
+        other = self.need(other_store)
+        stream = unique()
+        result = await store.append(stream, events(1), NO_STREAM)
+        await store.write_snapshot(stream, Snapshot(0, result.position, b"shared"))
+        assert await other.read_snapshot(stream) == Snapshot(0, result.position, b"shared")
 
     # Optimistic concurrency
 

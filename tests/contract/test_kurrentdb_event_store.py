@@ -296,3 +296,15 @@ async def test_a_refused_append_reports_the_streams_actual_version(
     with pytest.raises(WrongExpectedVersion) as info:
         await adapter.append(unique(), events(1), 4)
     assert info.value.actual == NO_STREAM
+
+
+async def test_find_event_pages_back_through_a_long_stream(adapter: KurrentDBEventStore) -> None:
+    stream = unique()
+    first = events(1)
+    await adapter.append(stream, first, NO_STREAM)
+    for _ in range(3):
+        await adapter.append(stream, events(250), ANY_VERSION)
+    found = await adapter.find_event(stream, first[0].event_id)
+    assert found is not None
+    assert (found.version, found.event_id) == (0, first[0].event_id)
+    assert not adapter.unique_event_ids  # so the command handler takes no snapshots here

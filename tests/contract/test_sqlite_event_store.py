@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import Unavailable, WrongExpectedVersion
-from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent
+from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent, Snapshot
 from ledger.eventstore.sqlite import SqliteEventStore
 from tests.contract.event_store_contract import (
     EventStoreContract,
@@ -206,3 +206,30 @@ async def test_a_subscription_sees_another_process_append_live(
     assert (got.type, got.data) == ("V1.Remote", b'{"from":"child"}')
     assert got.position == int(out.decode().strip())
     assert got.position > first.position
+
+
+async def test_a_retried_append_says_it_wrote_nothing(sqlite_store: SqliteEventStore) -> None:
+    stream = unique()
+    new = events(2)
+    first = await sqlite_store.append(stream, new, NO_STREAM)
+    again = await sqlite_store.append(stream, new, NO_STREAM)
+    assert (first.deduplicated, again.deduplicated) == (False, True)
+    assert (again.version, again.position) == (first.version, first.position)
+    assert sqlite_store.unique_event_ids
+
+
+async def test_a_snapshot_survives_a_reopen(tmp_path: Path) -> None:
+    stream = unique()
+    store = SqliteEventStore(db_path(tmp_path))
+    await store.open()
+    try:
+        result = await store.append(stream, events(1), NO_STREAM)
+        await store.write_snapshot(stream, Snapshot(0, result.position, b"kept"))
+    finally:
+        await store.close()
+    reopened = SqliteEventStore(db_path(tmp_path))
+    await reopened.open()
+    try:
+        assert await reopened.read_snapshot(stream) == Snapshot(0, result.position, b"kept")
+    finally:
+        await reopened.close()
