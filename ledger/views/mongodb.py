@@ -141,6 +141,7 @@ class MongoViewStore:
         self._client: AsyncMongoClient[RawDocument] | None = None
         self._db: AsyncDatabase[RawDocument] | None = None
         self._declared: frozenset[str] = frozenset()
+        self._keep_id_in_indexes = True
 
     def __repr__(self) -> str:
         return f"MongoViewStore({_redacted(self._uri)!r}, {self._database_name!r})"
@@ -174,7 +175,8 @@ class MongoViewStore:
 
     async def open(self, collections: Sequence[Collection]) -> None:
         await self.close()
-        names = [collection_name(c.name) for c in collections]  # validate before connecting
+        for c in collections:  # validate before connecting
+            collection_name(c.name)
         try:
             client: AsyncMongoClient[RawDocument] = AsyncMongoClient(
                 self._uri, **self._client_options()
@@ -194,21 +196,46 @@ class MongoViewStore:
             # nx-27017 (the wire-protocol stand-in used by the tests) breaks every
             # insert into a collection with a compound index that names _id; there the
             # _id part is left out (its _id is a separate unique SQLite column anyway).
-            keep_id = build.get("process") != "nx_27017"
-            async with self._available():
-                for collection, name in zip(collections, names, strict=True):
-                    for index in collection.indexes:
-                        fields = [_field(f) for f in index.fields]
-                        if not keep_id:
-                            fields = [f for f in fields if f != KEY]
-                        if fields and fields != [KEY]:
-                            await db[name].create_index([(f, ASCENDING) for f in fields])
+            self._keep_id_in_indexes = build.get("process") != "nx_27017"
+            self._client, self._db, self._declared = client, db, frozenset()
+            await self.create(collections)
         except BaseException:
+            self._client, self._db = None, None
             await client.close()
             raise
-        self._client = client
-        self._db = db
-        self._declared = frozenset(names)
+
+    async def create(self, collections: Sequence[Collection]) -> None:
+        db = self._database
+        names = [collection_name(c.name) for c in collections]
+        async with self._available():
+            for collection, name in zip(collections, names, strict=True):
+                for index in collection.indexes:
+                    fields = [_field(f) for f in index.fields]
+                    if not self._keep_id_in_indexes:
+                        fields = [f for f in fields if f != KEY]
+                    if fields and fields != [KEY]:
+                        await db[name].create_index([(f, ASCENDING) for f in fields])
+        self._declared |= frozenset(names)
+
+    async def drop(self, collections: Sequence[str], checkpoint: str) -> None:
+        db = self._database
+        names = [collection_name(c) for c in collections]
+        async with self._available():
+            for name in names:
+                await db.drop_collection(name)  # its indexes go with it
+            await db[CHECKPOINTS].delete_one({KEY: checkpoint})
+            await db[STATUSES].delete_one({KEY: checkpoint})
+        self._declared -= frozenset(names)
+
+    async def put(self, collection: str, key: str, fields: Mapping[str, Scalar]) -> None:
+        for field in fields:
+            _settable(field)
+        async with self._available():
+            # The replacement names its _id too: the nx-27017 stand-in would not take it
+            # from the filter on an upsert.
+            await self._collection(collection).replace_one(
+                {KEY: key}, {KEY: key, **fields, POSITION: 0}, upsert=True
+            )
 
     async def close(self) -> None:
         client, self._client, self._db = self._client, None, None

@@ -64,6 +64,21 @@ class ViewStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def create(self, collections: Sequence[Collection]) -> None:
+        """Create more collections and their indexes on an open store (existing ones stay).
+
+        A rebuild creates the collections of a new generation of views this way."""
+
+    async def drop(self, collections: Sequence[str], checkpoint: str) -> None:
+        """Delete these collections with every document and index, and the checkpoint and
+        status record named `checkpoint`: a retired generation of views, gone for good."""
+
+    async def put(self, collection: str, key: str, fields: Mapping[str, Scalar]) -> None:
+        """Replace one document outright, outside any projector batch (last write wins).
+
+        For small control documents with a single writer, such as which generation of
+        views readers use; projected documents only ever change through `apply`."""
+
     async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
         """Apply a projector batch and move the checkpoint forward, atomically where possible."""
 

@@ -13,8 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+
 from ledger.errors import Unavailable
 from ledger.sqlite_support import SqliteThreads
+from ledger.views.coalesce import folded, runs
 from ledger.views.port import (
     KEY,
     Checkpoint,
@@ -64,7 +67,9 @@ def _schema(collection: Collection) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
-    """Insert, or set just these fields, unless the document is already at that position.
+    """Insert (key ?1, position ?2, doc ?3), or set just these fields and the position,
+    unless the document is already at position ?4 or later (?4 is ?2 for one upsert, the
+    first one's position for coalesced ones: ledger.views.coalesce).
 
     json_set with the `->` operator keeps JSON types (null and booleans included),
     unlike json_patch, which would delete a field set to null.
@@ -72,15 +77,48 @@ def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
     updates = ", ".join(f"'$.{check_field_name(f)}', excluded.doc -> '$.{f}'" for f in fields)
     new_doc = f"json_set(doc, {updates})" if fields else "doc"
     return (
-        f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?, ?, ?)"
+        f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?1, ?2, ?3)"
         f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position"
-        " WHERE excluded.position > position"
+        " WHERE position < ?4"
     )
 
 
-def _status_field(name: str) -> str:
+def _json(fields: Mapping[str, Scalar]) -> str:
+    return orjson.dumps(fields if isinstance(fields, dict) else dict(fields)).decode()
+
+
+def _write_upserts(conn: sqlite3.Connection, upserts: Sequence[Upsert]) -> None:
+    """One row write per document (coalesced), one executemany per (collection, fields).
+
+    Documents are independent, so grouping reorders nothing that matters. A group
+    that changed fewer rows than it has documents met a document already at or past
+    some upsert: its coalesced documents are then replayed one upsert at a time,
+    which is exact (see ledger.views.coalesce) and, with transactional batches, only
+    happens to upserts applied again outside the projector (e.g. a parked retry).
+    """
+    groups: dict[tuple[str, tuple[str, ...]], list[list[Upsert]]] = {}
+    rows: dict[tuple[str, tuple[str, ...]], list[tuple[str, int, str, int]]] = {}
+    for run in runs(upserts):
+        first, fields = run[0], folded(run)
+        group = (first.collection, tuple(fields))
+        if group not in rows:
+            groups[group], rows[group] = [], []
+        groups[group].append(run)
+        rows[group].append((first.key, run[-1].position, _json(fields), first.position))
+    for group, params in rows.items():
+        if conn.executemany(_upsert_sql(*group), params).rowcount == len(params):
+            continue
+        for op in (op for run in groups[group] if len(run) > 1 for op in run):
+            conn.execute(
+                _upsert_sql(op.collection, tuple(op.fields)),
+                (op.key, op.position, _json(op.fields), op.position),
+            )
+
+
+def _record_field(name: str) -> str:
+    """A field of a status record or put document: its name or key is not one of them."""
     if check_field_name(name) == KEY:
-        raise ValueError("a status record's name is its key, not one of its fields")
+        raise ValueError("a record's name (or a document's key) is not one of its fields")
     return name
 
 
@@ -118,17 +156,42 @@ class SqliteViewStore:
             self._threads.close()
             self._threads = None
 
+    async def create(self, collections: Sequence[Collection]) -> None:
+        script = "\n".join(_schema(c) for c in collections)
+        await self._db.write(lambda conn: conn.executescript(script))
+
+    async def drop(self, collections: Sequence[str], checkpoint: str) -> None:
+        tables = [_table(c) for c in collections]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in tables:
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")  # its indexes go with it
+                conn.execute("DELETE FROM checkpoints WHERE name = ?", (checkpoint,))
+                conn.execute("DELETE FROM statuses WHERE name = ?", (checkpoint,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._db.write(write)
+
+    async def put(self, collection: str, key: str, fields: Mapping[str, Scalar]) -> None:
+        raw = json.dumps({_record_field(f): v for f, v in fields.items()})
+        sql = (
+            f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?, 0, ?)"
+            " ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = 0"
+        )
+        await self._db.write(lambda conn: conn.execute(sql, (key, raw)))
+
     async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
         now = datetime.now(UTC).isoformat()
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for op in upserts:
-                    conn.execute(
-                        _upsert_sql(op.collection, tuple(op.fields)),
-                        (op.key, op.position, json.dumps(op.fields, separators=(",", ":"))),
-                    )
+                _write_upserts(conn, upserts)
                 conn.execute(
                     "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (name) DO UPDATE SET position = excluded.position,"
@@ -161,7 +224,7 @@ class SqliteViewStore:
         return await self._db.read(read)
 
     async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
-        raw = json.dumps({_status_field(f): v for f, v in fields.items()})
+        raw = json.dumps({_record_field(f): v for f, v in fields.items()})
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given as for_all
+from hypothesis import settings
+from hypothesis import strategies as st
 
-from ledger.views.port import KEY, Checkpoint, Upsert, ViewStore
+from ledger.views.port import KEY, Checkpoint, Scalar, Upsert, ViewStore
 from ledger.views.sqlite import SqliteViewStore
 from tests.contract.view_store_contract import Names, ViewStoreContract
 
@@ -116,3 +122,53 @@ async def test_checkpoints_record_an_aware_update_time(
 
 async def test_an_empty_store_lists_no_checkpoints(views: SqliteViewStore) -> None:
     assert await views.checkpoints() == []
+
+
+FIELD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["x", "ÿ"]))
+UPSERTS = st.lists(
+    st.tuples(
+        st.sampled_from(["k1", "k2", "k3"]),
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), FIELD_VALUES, max_size=3),
+        st.integers(1, 12),
+    ),
+    max_size=12,
+)
+
+
+def _rows(path: Path, table: str) -> dict[str, tuple[int, object]]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(f'SELECT key, position, doc FROM "view_{table}"').fetchall()
+        return {key: (position, json.loads(doc)) for key, position, doc in rows}
+    finally:
+        conn.close()
+
+
+@settings(max_examples=60, deadline=None)
+@for_all(before=UPSERTS, batch=UPSERTS)
+def test_a_batch_leaves_documents_and_positions_as_its_upserts_one_by_one(
+    before: list[tuple[str, dict[str, Scalar], int]],
+    batch: list[tuple[str, dict[str, Scalar], int]],
+) -> None:
+    """Whatever the stored documents and the order of positions in the batch (coalescing
+    and its replay of documents caught in between: ledger.views.coalesce)."""
+    names = Names.fresh()
+
+    async def apply_all(path: Path, one_by_one: bool) -> None:
+        store = SqliteViewStore(path)
+        await store.open(names.collections)
+        try:
+            cp = names.checkpoint("p")
+            for key, fields, position in before:
+                await store.apply([Upsert(names.people, key, fields, position)], Checkpoint(cp, 0))
+            upserts = [Upsert(names.people, k, f, p) for k, f, p in batch]
+            for group in [[op] for op in upserts] if one_by_one else [upserts]:
+                await store.apply(group, Checkpoint(cp, 0))
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        batched, single = Path(tmp) / "batched.sqlite3", Path(tmp) / "single.sqlite3"
+        asyncio.run(apply_all(batched, one_by_one=False))
+        asyncio.run(apply_all(single, one_by_one=True))
+        assert _rows(batched, names.people) == _rows(single, names.people)

@@ -137,6 +137,44 @@ class ViewStoreContract:
         assert await views.get(names.people, "k1") == {KEY: "k1", "a": 1, "b": 2}
         assert await views.get(names.other, "k1") == {KEY: "k1", "z": 0}
 
+    async def test_a_batch_has_the_effect_of_its_upserts_one_by_one(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        batch = [
+            Upsert(names.people, "k1", {"a": 1, "b": 1}, 10),
+            Upsert(names.people, "k2", {"a": 1}, 10),
+            Upsert(names.people, "k1", {"b": None, "c": True}, 11),
+            Upsert(names.people, "k1", {"a": 9, "x": 1}, 11),  # at an earlier one's position
+            Upsert(names.people, "k1", {"a": 8}, 10),  # below an earlier one's position
+            Upsert(names.people, "k1", {"d": "z"}, 14),
+            Upsert(names.people, "k2", {"a": 2}, 12),
+        ]
+        await views.apply(batch, Checkpoint(names.checkpoint("a"), 14))
+        assert await views.get(names.people, "k1") == {
+            KEY: "k1",
+            **{"a": 1, "b": None, "c": True, "d": "z"},
+        }
+        assert await views.get(names.people, "k2") == {KEY: "k2", "a": 2}
+
+    async def test_a_batch_applies_only_what_a_document_does_not_reflect_yet(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        # k1 already reflects position 11 (a redelivery over views written without a
+        # transaction); k2, with the same upserts in the same batch, reflects none.
+        cp = names.checkpoint("a")
+        await views.apply([Upsert(names.people, "k1", {"a": "kept"}, 11)], Checkpoint(cp, 11))
+        batch = [
+            Upsert(names.people, key, fields, position)
+            for position, fields in ((10, {"a": 1, "b": 1}), (11, {"a": 2}), (12, {"c": 3}))
+            for key in ("k1", "k2")
+        ]
+        await views.apply(batch, Checkpoint(cp, 12))
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": "kept", "c": 3}
+        assert await views.get(names.people, "k2") == {KEY: "k2", "a": 2, "b": 1, "c": 3}
+        await views.apply(batch, Checkpoint(cp, 12))  # again: nothing changes
+        assert await views.get(names.people, "k1") == {KEY: "k1", "a": "kept", "c": 3}
+        assert await views.get(names.people, "k2") == {KEY: "k2", "a": 2, "b": 1, "c": 3}
+
     async def test_collections_are_separate(self, views: ViewStore, names: Names) -> None:
         await views.apply(
             [Upsert(names.people, "k1", {"a": 1}, 10)], Checkpoint(names.checkpoint("a"), 10)
@@ -363,3 +401,50 @@ class ViewStoreContract:
             seen.extend(d[KEY] for d in page)
             after = page[-1][KEY]
         assert seen == ["p1", "p3", "p4", "p5"]
+
+    # Collections created and dropped at run time, and control documents (rebuilds)
+
+    async def test_create_adds_collections_to_an_open_store(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        later = f"{names.other}_later"
+        await views.create([Collection(later, (Index(("team", KEY)),))])
+        await views.create([Collection(later, (Index(("team", KEY)),))])  # again: no-op
+        await views.apply(
+            [Upsert(later, "k1", {"team": "red"}, 5)], Checkpoint(names.checkpoint("l"), 5)
+        )
+        assert await views.find(later, where={"team": "red"}, order_by=KEY, limit=5) == [
+            {KEY: "k1", "team": "red"}
+        ]
+
+    async def test_drop_removes_collections_checkpoint_and_status_only(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed(views, names)
+        kept = names.checkpoint("kept")
+        await views.apply([Upsert(names.other, "o1", {"a": 1}, 7)], Checkpoint(kept, 7))
+        await views.save_status(names.checkpoint("seed"), {"state": "STOPPED"})
+        await views.save_status(kept, {"state": "LIVE"})
+
+        await views.drop([names.people], names.checkpoint("seed"))
+
+        await views.create([names.collections[0]])  # empty again, not the old documents
+        assert await views.find(names.people, where={}, order_by=KEY, limit=10) == []
+        assert await views.checkpoint(names.checkpoint("seed")) == 0
+        statuses = [s[KEY] for s in await views.statuses()]
+        assert names.checkpoint("seed") not in statuses
+        assert kept in statuses
+        assert await views.get(names.other, "o1") == {KEY: "o1", "a": 1}
+        assert await views.checkpoint(kept) == 7
+
+    async def test_put_replaces_a_whole_document(self, views: ViewStore, names: Names) -> None:
+        await views.put(names.other, "control", {"active": 1, "note": "x", "flag": None})
+        await views.put(names.other, "control", {"active": 2})
+        assert await views.get(names.other, "control") == {KEY: "control", "active": 2}
+
+    async def test_put_refuses_a_field_named_like_the_key(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        with pytest.raises(ValueError, match=r"field|key"):
+            await views.put(names.other, "control", {KEY: "other", "active": 1})
+        assert await views.get(names.other, "control") is None
