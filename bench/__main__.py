@@ -269,7 +269,9 @@ def catchup_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     head = asyncio.run(inproc.build_streams(data / "data", n_accounts, per_account))
     built = time.perf_counter() - started
     count, seconds = inproc.storage_ceiling(data / "data")
-    log(f"(f) storage ceiling: {count / seconds:.0f} events/s; starting the projector")
+    log(f"(f) storage ceiling: {count / seconds:.0f} events/s")
+    floor_count, floor_seconds = inproc.projector_floor(data / "data", data / "floor")
+    log(f"(f) projector floor: {floor_count / floor_seconds:.0f} events/s; starting the projector")
     stack = Stack(data)
     views = data / "data" / "views.sqlite3"
     started = time.perf_counter()
@@ -290,7 +292,7 @@ def catchup_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         rss = peak_rss_mib(stack[PROJECTOR].proc.pid)  # type: ignore[union-attr]
     finally:
         stack.close()
-    rate, ceiling = position / elapsed, count / seconds
+    rate, ceiling, floor = position / elapsed, count / seconds, floor_count / floor_seconds
     out["f_catchup"] = {
         "events": head,
         "events_applied": position,
@@ -300,6 +302,11 @@ def catchup_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         "projector_events_per_s": round(rate, 1),
         "storage_ceiling_events_per_s": round(ceiling, 1),
         "ceiling_ratio": ratio(rate, ceiling),
+        # The fastest conceivable projector (bench.inproc.projector_floor), same run:
+        # the best ratio to the ceiling that any projector could show on this machine.
+        "floor_events_per_s": round(floor, 1),
+        "floor_ceiling_ratio": ratio(floor, ceiling),
+        "floor_ratio": ratio(rate, floor),
         "projector_peak_rss_mib": rss,
         "target": ">= 0.3",
         "met": ratio(rate, ceiling) >= 0.3,

@@ -89,6 +89,17 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{f['target']}: {_met(f['met'])}",
             )
         )
+        if "floor_events_per_s" in f:
+            out.append(
+                (
+                    "(f) floor: read + JSON-decode + one row per event",
+                    f"{f['floor_events_per_s']:.0f} events/s (Ledger at {f['floor_ratio']:.3f}"
+                    " of it)",
+                    f"sqlite3 read {f['storage_ceiling_events_per_s']:.0f} events/s",
+                    f"{f['floor_ceiling_ratio']:.3f}",
+                    "bound on any projector's ratio",
+                )
+            )
     if "peer" in r:
         p = r["peer"]
         out.append(

@@ -22,6 +22,8 @@ Handler = Callable[[Any, RecordedEvent], Iterable[Upsert]]
 
 PARKED = "parked_events"
 PARKED_COLLECTION = Collection(PARKED, (Index(("projection", "resolved", "position")),))
+MAX_SETTABLE = 4096
+"""Field names remembered as checked: handlers use a handful; the bound is for safety."""
 
 
 class Projection:
@@ -41,6 +43,7 @@ class Projection:
         self.collections = (*collections, PARKED_COLLECTION)
         self._names = frozenset(c.name for c in collections)
         self._handlers: dict[str, Handler] = {}
+        self._settable: set[str] = set()  # field names checked already
 
     @property
     def checkpoint_name(self) -> str:
@@ -73,7 +76,10 @@ class Projection:
         for op in upserts:
             if op.collection not in self._names:
                 raise ValueError(f"{self.name} declares no view collection {op.collection!r}")
-            for field in op.fields:
-                if check_field_name(field) == KEY:
-                    raise ValueError("a view document's key cannot be set through its fields")
+            if not op.fields.keys() <= self._settable:  # a set lookup, not a regex, per field
+                for field in op.fields:
+                    if check_field_name(field) == KEY:
+                        raise ValueError("a view document's key cannot be set through its fields")
+                if len(self._settable) < MAX_SETTABLE:
+                    self._settable.update(op.fields)
         return upserts

@@ -106,47 +106,48 @@ def _history_key(account_id: str, version: int) -> str:
 def _account_change(
     key: str,
     r: RecordedEvent,
-    at: datetime,
+    updated_at: str,
     *,
     balance_minor: int | None = None,
     status: str | None = None,
     **fields: Scalar,
 ) -> Iterator[Upsert]:
-    """The account's document, and its history rows for the as-of queries."""
-    updated_at = timestamp(at)
-    changed: dict[str, Scalar] = dict(fields)
+    """The account's document, and its history rows for the as-of queries.
+
+    `updated_at` is the event's time as `timestamp` formats it: handlers format it once
+    per event (the transaction row shows the same time)."""
+    version, position = r.version, r.position
     if balance_minor is not None:
-        changed["balance_minor"] = balance_minor
+        fields["balance_minor"] = balance_minor
     if status is not None:
-        changed["status"] = status
-    yield Upsert(
-        ACCOUNTS,
-        key,
-        {**changed, "version": r.version, "position": r.position, "updated_at": updated_at},
-        r.position,
-    )
-    row = _history_key(key, r.version)
-    base: dict[str, Scalar] = {"account_id": key, "version": r.version}
+        fields["status"] = status
+    fields["version"] = version
+    fields["position"] = position
+    fields["updated_at"] = updated_at
+    yield Upsert(ACCOUNTS, key, fields, position)
+    row = _history_key(key, version)
+    base: dict[str, Scalar] = {"account_id": key, "version": version}
     yield Upsert(
         ACCOUNT_HISTORY,
         row,
         {
             **base,
-            "position": r.position,
+            "position": position,
             "updated_at": updated_at,
-            AT_KEY: at_key(updated_at, r.version),
+            AT_KEY: at_key(updated_at, version),
         },
-        r.position,
+        position,
     )
     if balance_minor is not None:
-        yield Upsert(BALANCE_HISTORY, row, {**base, "balance_minor": balance_minor}, r.position)
+        yield Upsert(BALANCE_HISTORY, row, {**base, "balance_minor": balance_minor}, position)
     if status is not None:
-        yield Upsert(STATUS_HISTORY, row, {**base, "status": status}, r.position)
+        yield Upsert(STATUS_HISTORY, row, {**base, "status": status}, position)
 
 
 def _transaction(
     e: FundsDeposited | FundsWithdrawn | TransferMovement,
     r: RecordedEvent,
+    occurred_at: str,
     kind: str,
     **fields: Scalar,
 ) -> Upsert:
@@ -160,7 +161,7 @@ def _transaction(
             "kind": kind,
             "amount_minor": e.amount_minor,
             "balance_after_minor": e.balance_after_minor,
-            "occurred_at": timestamp(e.occurred_at),
+            "occurred_at": occurred_at,
             "version": r.version,
             "position": r.position,
             **fields,
@@ -192,52 +193,63 @@ def _transfer_change(
 
 @projection.on(AccountOpened)
 def on_account_opened(e: AccountOpened, r: RecordedEvent) -> Iterator[Upsert]:
+    at = timestamp(e.opened_at)
     yield from _account_change(
         e.account_id,
         r,
-        e.opened_at,
+        at,
         account_id=e.account_id,
         owner_name=e.owner_name,
         currency=e.currency,
         balance_minor=0,
         status=AccountStatus.OPEN.value,
-        opened_at=timestamp(e.opened_at),
+        opened_at=at,
     )
 
 
 @projection.on(FundsDeposited)
 def on_funds_deposited(e: FundsDeposited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, "DEPOSIT", description=e.description)
+    at = timestamp(e.occurred_at)
+    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
+    yield _transaction(e, r, at, "DEPOSIT", description=e.description)
 
 
 @projection.on(FundsWithdrawn)
 def on_funds_withdrawn(e: FundsWithdrawn, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, "WITHDRAWAL", description=e.description)
+    at = timestamp(e.occurred_at)
+    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
+    yield _transaction(e, r, at, "WITHDRAWAL", description=e.description)
 
 
 @projection.on(AccountClosed)
 def on_account_closed(e: AccountClosed, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.closed_at, status=AccountStatus.CLOSED.value)
+    yield from _account_change(
+        e.account_id, r, timestamp(e.closed_at), status=AccountStatus.CLOSED.value
+    )
 
 
 @projection.on(AccountFrozen)
 def on_account_frozen(e: AccountFrozen, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.frozen_at, status=AccountStatus.FROZEN.value)
+    yield from _account_change(
+        e.account_id, r, timestamp(e.frozen_at), status=AccountStatus.FROZEN.value
+    )
 
 
 @projection.on(AccountUnfrozen)
 def on_account_unfrozen(e: AccountUnfrozen, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.unfrozen_at, status=AccountStatus.OPEN.value)
+    yield from _account_change(
+        e.account_id, r, timestamp(e.unfrozen_at), status=AccountStatus.OPEN.value
+    )
 
 
 @projection.on(TransferDebited)
 def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    at = timestamp(e.occurred_at)
+    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,
+        at,
         "TRANSFER_OUT",
         description=e.description,
         transfer_id=e.transfer_id,
@@ -253,17 +265,19 @@ def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert
         description=e.description,
         status=TransferStatus.PENDING.value,
         failure_reason="",
-        requested_at=timestamp(e.occurred_at),
+        requested_at=at,
         **{TRANSFER_ORDER: r.position},
     )
 
 
 @projection.on(TransferCredited)
 def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    at = timestamp(e.occurred_at)
+    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,
+        at,
         "TRANSFER_IN",
         description=e.description,
         transfer_id=e.transfer_id,
@@ -275,27 +289,29 @@ def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upse
         e,
         r,
         status=TransferStatus.COMPLETED.value,
-        completed_at=timestamp(e.occurred_at),
+        completed_at=at,
     )
 
 
 @projection.on(TransferCreditRejected)
 def on_transfer_credit_rejected(e: TransferCreditRejected, r: RecordedEvent) -> Iterator[Upsert]:
     # The transfer stays PENDING until the source is refunded.
-    yield from _account_change(e.account_id, r, e.occurred_at)
+    yield from _account_change(e.account_id, r, timestamp(e.occurred_at))
 
 
 @projection.on(TransferSettled)
 def on_transfer_settled(e: TransferSettled, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at)
+    yield from _account_change(e.account_id, r, timestamp(e.occurred_at))
 
 
 @projection.on(TransferRefunded)
 def on_transfer_refunded(e: TransferRefunded, r: RecordedEvent) -> Iterator[Upsert]:
-    yield from _account_change(e.account_id, r, e.occurred_at, balance_minor=e.balance_after_minor)
+    at = timestamp(e.occurred_at)
+    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
     yield _transaction(
         e,
         r,
+        at,
         "TRANSFER_REFUND",
         description=e.reason,
         transfer_id=e.transfer_id,
@@ -308,5 +324,5 @@ def on_transfer_refunded(e: TransferRefunded, r: RecordedEvent) -> Iterator[Upse
         r,
         status=TransferStatus.FAILED.value,
         failure_reason=e.reason,
-        completed_at=timestamp(e.occurred_at),
+        completed_at=at,
     )
