@@ -156,11 +156,14 @@ async def retry_parked(
     projection: Projection,
     *,
     position: int | None = None,
+    name: str | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> list[RetryOutcome]:
     """Apply the parked events again; resolve those that now apply, note the new error
-    of those that still fail. See the module docstring for what a retry cannot do."""
-    name = projection.checkpoint_name
+    of those that still fail. See the module docstring for what a retry cannot do.
+
+    `name` is the checkpoint of the generation `views` shows (generation 0 by default)."""
+    name = name or projection.checkpoint_name
     outcomes = []
     for parked in await parked_events(views, name, position=position):
         now = clock().isoformat()

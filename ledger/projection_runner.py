@@ -21,12 +21,14 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ledger.backoff import Backoff
 from ledger.errors import Unavailable
-from ledger.eventstore.port import EventStore, RecordedEvent
+from ledger.eventstore.port import EventStore, RecordedEvent, SubscriptionBatch
+from ledger.generations import Generation, GenerationViews
 from ledger.parking import describe, park, parked_events, utc_now
 from ledger.projection import Projection
 from ledger.views.port import Checkpoint, StatusValue, Upsert, ViewStore
@@ -39,7 +41,7 @@ RATE_WINDOW = 10.0
 class State(enum.StrEnum):
     CATCHING_UP = "CATCHING_UP"
     LIVE = "LIVE"
-    REBUILDING = "REBUILDING"  # not used yet: rebuilds are a later increment
+    REBUILDING = "REBUILDING"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
 
@@ -51,17 +53,25 @@ class ProjectionRunner:
         views: ViewStore,
         projection: Projection,
         *,
+        generation: Generation | None = None,
+        rebuilding: bool = False,
         status_interval: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        """Writes into `generation` (generation 0 of the projection's version unless
+        given); `rebuilding` reports REBUILDING rather than CATCHING_UP / LIVE until
+        `promote()`: a generation built beside the live one, not yet read."""
+        self.generation = generation or Generation(projection.name, 0, projection.version)
+        self.name = self.generation.name
+        self.rebuilding = rebuilding
         self._events = events
-        self._views = views
+        self._views = GenerationViews(views, self.generation)
         self._projection = projection
         self._status_interval = status_interval
         self._clock = clock
         self.position = 0
         self.applied = 0
-        self.state = State.CATCHING_UP
+        self.state = State.REBUILDING if rebuilding else State.CATCHING_UP
         self.head = 0
         self.parked = 0
         self.last_error = ""
@@ -87,7 +97,7 @@ class ProjectionRunner:
             self.last_error = describe(exc)
             log.error(
                 "projection failed",
-                extra={"projection": self._projection.checkpoint_name, "error": self.last_error},
+                extra={"projection": self.name, "error": self.last_error},
             )
             raise
         finally:
@@ -111,13 +121,22 @@ class ProjectionRunner:
                 self.last_error = exc.message
                 log.warning(
                     f"store unavailable, resuming from the checkpoint in {backoff.delay:.1f}s",
-                    extra={"projection": self._projection.checkpoint_name, "error": exc.message},
+                    extra={"projection": self.name, "error": exc.message},
                 )
                 await asyncio.sleep(backoff.take())
 
     async def _follow(self) -> None:
-        """Apply batches from the stored checkpoint on; a cancellation never splits a batch."""
-        name = self._projection.checkpoint_name
+        """Apply batches from the stored checkpoint on; a cancellation never splits a batch.
+
+        Three stages overlap: a task reads batches ahead (at most READ_AHEAD of them),
+        this loop turns them into upserts, and the view store writes the previous
+        ones in its own thread. One write is in flight at a time, so writes land in log
+        order, each with its checkpoint. Batches already read are joined into one write
+        of up to WRITE_EVENTS events: catching up, that means fewer and larger
+        transactions; live, each batch is written as it comes, and a write lands
+        before the loop waits for more. Memory is bounded by the read-ahead and two
+        writes, however long the log."""
+        name = self.name
         self.position = await self._views.checkpoint(name)
         self.parked = len(await parked_events(self._views, name))
         log.info("projection starting", extra={"projection": name, "position": self.position})
@@ -125,37 +144,71 @@ class ProjectionRunner:
         subscription = self._events.subscribe(
             self.position, stream_prefixes=self._projection.stream_prefixes
         )
-        async for batch in subscription:
-            started = time.perf_counter()
-            self._oldest_in_hand = batch.events[0].recorded_at if batch.events else None
-            upserts: list[Upsert] = []
-            parked: list[tuple[RecordedEvent, str]] = []
+        ahead: asyncio.Queue[SubscriptionBatch | Exception] = asyncio.Queue(READ_AHEAD)
+        reader = asyncio.create_task(_read_ahead(subscription, ahead), name="projection-read")
+        in_flight: _Write | None = None
+        try:
+            while True:
+                if in_flight is not None and ahead.empty():
+                    landing, in_flight = in_flight, None
+                    await self._land(landing)
+                batches = [_batch(await ahead.get())]
+                events = len(batches[0].events)
+                while events < WRITE_EVENTS and not ahead.empty():
+                    # On a read error, what was read but not written is read again on resume.
+                    batches.append(_batch(ahead.get_nowait()))
+                    events += len(batches[-1].events)
+                write = self._build(name, batches)
+                if in_flight is not None:
+                    landing, in_flight = in_flight, None
+                    await self._land(landing)
+                write.future = asyncio.ensure_future(
+                    self._views.apply(write.upserts, Checkpoint(name, write.position))
+                )
+                in_flight = write
+                self._oldest_in_hand = write.oldest
+        finally:
+            reader.cancel()
+            if in_flight is not None:  # a write in hand lands before this returns or raises
+                await self._land(in_flight)
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def _build(self, name: str, batches: list[SubscriptionBatch]) -> _Write:
+        """The upserts of these batches, parking the events that cannot be applied."""
+        write = _Write(position=batches[-1].position)
+        for batch in batches:
+            write.events += len(batch.events)
             for recorded in batch.events:
+                if write.oldest is None:
+                    write.oldest = recorded.recorded_at
                 try:
-                    upserts.extend(self._projection.upserts_for(recorded))
+                    write.upserts.extend(self._projection.upserts_for(recorded))
                 except Exception as exc:  # parked, reported, and skipped
                     error = describe(exc)
-                    upserts.append(park(name, recorded, error, self._clock()))
-                    parked.append((recorded, error))
-            write = asyncio.ensure_future(
-                self._views.apply(upserts, Checkpoint(name, batch.position))
-            )
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                await write  # let the batch land with its checkpoint, then stop
-                self._applied(batch.position, len(batch.events), parked)
-                raise
-            self._applied(batch.position, len(batch.events), parked)
-            log.debug(
-                "batch applied",
-                extra={
-                    "projection": name,
-                    "events": len(batch.events),
-                    "position": batch.position,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+                    write.upserts.append(park(name, recorded, error, self._clock()))
+                    write.parked.append((recorded, error))
+        return write
+
+    async def _land(self, write: _Write) -> None:
+        """Wait for `write`; cancelled meanwhile, let it land with its checkpoint, then stop."""
+        assert write.future is not None
+        try:
+            await asyncio.shield(write.future)
+        except asyncio.CancelledError:
+            await write.future
+            self._applied(write.position, write.events, write.parked)
+            raise
+        self._applied(write.position, write.events, write.parked)
+        log.debug(
+            "batch applied",
+            extra={
+                "projection": self.name,
+                "events": write.events,
+                "position": write.position,
+                "ms": round((time.perf_counter() - write.started) * 1000, 2),
+            },
+        )
 
     def _applied(self, position: int, count: int, parked: list[tuple[RecordedEvent, str]]) -> None:
         self.position = position
@@ -170,7 +223,7 @@ class ProjectionRunner:
             log.error(
                 "event parked",
                 extra={
-                    "projection": self._projection.checkpoint_name,
+                    "projection": self.name,
                     "position": recorded.position,
                     "stream": recorded.stream,
                     "version": recorded.version,
@@ -181,6 +234,13 @@ class ProjectionRunner:
             )
         if parked or (self.state == State.CATCHING_UP and position >= self.head):
             self._poke.set()  # publish now; otherwise the next tick will
+
+    def promote(self) -> None:
+        """The generation this runner builds is now the one readers use."""
+        self.rebuilding = False
+        if self.state == State.REBUILDING:
+            self.state = State.CATCHING_UP
+        self._poke.set()
 
     async def _publish_periodically(self) -> None:
         # asyncio.timeout rather than wait_for: on Python 3.11, wait_for can swallow a
@@ -196,10 +256,12 @@ class ProjectionRunner:
         """Refresh the head of the log and the parked count, then save the status.
 
         Never raises for an unavailable store (the next publication catches up)."""
-        name = self._projection.checkpoint_name
+        name = self.name
         try:
             if refresh:
-                self.head = await self._events.head_position()
+                self.head = await self._events.head_position(
+                    stream_prefixes=self._projection.stream_prefixes
+                )
                 self.parked = len(await parked_events(self._views, name))
             if self.state in (State.CATCHING_UP, State.LIVE):
                 self.state = State.LIVE if self.position >= self.head else State.CATCHING_UP
@@ -225,7 +287,8 @@ class ProjectionRunner:
                 0.0, (now - self._oldest_in_hand.astimezone(UTC)).total_seconds()
             )
         return {
-            "version": self._projection.version,
+            "version": self.generation.version,
+            "applied_events": self.applied,
             "checkpoint_position": self.position,
             "head_position": self.head,
             "lag_events": max(0, self.head - self.position),
@@ -236,3 +299,46 @@ class ProjectionRunner:
             "parked_events": self.parked,
             "updated_at": now.isoformat(),
         }
+
+
+READ_AHEAD = 2
+"""Subscription batches read ahead of the one being applied."""
+WRITE_EVENTS = 3000
+"""At most this many events per view-store write when batches already read are joined."""
+
+
+@dataclass(slots=True)
+class _Write:
+    """One view-store write: the upserts of one or more batches and where they end."""
+
+    position: int
+    events: int = 0
+    upserts: list[Upsert] = field(default_factory=list)
+    parked: list[tuple[RecordedEvent, str]] = field(default_factory=list)
+    oldest: datetime | None = None
+    started: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[None] | None = None
+
+
+async def _read_ahead(
+    subscription: AsyncIterator[SubscriptionBatch],
+    ahead: asyncio.Queue[SubscriptionBatch | Exception],
+) -> None:
+    """Feed the subscription's batches into `ahead`, then its error if it fails.
+
+    Cancelled (or failed), it closes the subscription there and then, even when that
+    waits at a `yield`, rather than leaving its connection to the garbage collector."""
+    try:
+        async for batch in subscription:
+            await ahead.put(batch)
+    except Exception as exc:
+        await ahead.put(exc)
+    finally:
+        if isinstance(subscription, AsyncGenerator):
+            await subscription.aclose()
+
+
+def _batch(item: SubscriptionBatch | Exception) -> SubscriptionBatch:
+    if isinstance(item, Exception):
+        raise item
+    return item

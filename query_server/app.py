@@ -7,6 +7,7 @@ import asyncio
 from ledger.backends import view_store_from_env
 from ledger.banking.views import projection
 from ledger.consistency import CheckpointFollower
+from ledger.generations import GENERATIONS, ActiveGenerationFollower, Generation, GenerationViews
 from ledger.grpc.server import Service, open_with_retry, serve
 from ledger.settings import Env, bind_host, env_float, port, shutdown_grace
 from ledger.v1 import account_query_service_pb2, account_query_service_pb2_grpc
@@ -16,15 +17,30 @@ DESCRIPTOR = account_query_service_pb2.DESCRIPTOR.services_by_name["AccountQuery
 
 
 async def run(env: Env) -> int:
-    views = view_store_from_env(env)
+    store = view_store_from_env(env)
     listen_port = port(env, "LEDGER_QUERY_PORT", 50052)
     host, grace = bind_host(env), shutdown_grace(env)
     max_wait = env_float(env, "LEDGER_MAX_WAIT_SECONDS", 5.0, minimum=0.0, maximum=300.0)
-    follower = CheckpointFollower(lambda: views.checkpoint(projection.checkpoint_name))
-    servicer = AccountQueryServicer(views, follower, max_wait=max_wait)
+    # Reads go to the active generation of the views, which a rebuild switches.
+    views = GenerationViews(store, Generation(projection.name, 0, projection.version))
+    active = ActiveGenerationFollower(
+        views, projection.name, projection.version, projection.collections
+    )
+    follower = CheckpointFollower(lambda: store.checkpoint(views.generation.name))
+    servicer = AccountQueryServicer(
+        views, follower, max_wait=max_wait, checkpoint_name=lambda: views.generation.name
+    )
+
+    async def open_views() -> None:
+        await store.open([GENERATIONS])
+        try:
+            await active.start()
+        except BaseException:
+            await store.close()  # the retry opens it afresh
+            raise
 
     async def start(stop: asyncio.Event) -> bool:
-        return await open_with_retry("view store", lambda: views.open(projection.collections), stop)
+        return await open_with_retry("view store", open_views, stop)
 
     return await serve(
         name="query_server",
@@ -38,7 +54,8 @@ async def run(env: Env) -> int:
             )
         ],
         start=start,
-        stop=views.close,
+        stop=store.close,
         grace=grace,
         stopping=servicer.close_watches,
+        background=[active.run],
     )

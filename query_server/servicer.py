@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -144,10 +144,20 @@ def _up_to(checkpoint: int, rows: list[Document]) -> list[Document]:
 
 
 class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceServicer):
-    def __init__(self, views: ViewStore, follower: CheckpointFollower, *, max_wait: float) -> None:
+    def __init__(
+        self,
+        views: ViewStore,
+        follower: CheckpointFollower,
+        *,
+        max_wait: float,
+        checkpoint_name: Callable[[], str] = lambda: banking.checkpoint_name,
+    ) -> None:
+        """`checkpoint_name` names the checkpoint of the views being read (the active
+        generation's, which a rebuild changes)."""
         self._views = views
         self._follower = follower
         self._max_wait = max_wait
+        self._checkpoint_name = checkpoint_name
 
     async def _caught_up(self, min_position: int, context: Context) -> None:
         remaining = context.time_remaining()
@@ -267,7 +277,8 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
     ) -> pb.GetProjectionStatusResponse:
         await self._caught_up(request.min_position, context)
         checkpoints = await self._views.checkpoints()
-        mine = next((c for c in checkpoints if c.name == banking.checkpoint_name), None)
+        name = self._checkpoint_name()
+        mine = next((c for c in checkpoints if c.name == name), None)
         statuses = projection_statuses(checkpoints, await self._views.statuses())
         return pb.GetProjectionStatusResponse(
             checkpoint_position=mine.position if mine else 0, projections=statuses

@@ -3,54 +3,30 @@ INTERNAL with nothing internal in the message, and the server keeps serving."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import grpc
 
 from ledger.errors import Unavailable
 from ledger.v1 import account_query_service_pb2 as qry
 from ledger.views.port import (
-    Checkpoint,
-    Collection,
     Document,
     Scalar,
-    StatusValue,
-    Upsert,
     ViewStore,
 )
 from tests.grpc.conftest import LedgerFactory
 from tests.support import connect, expect_failure, new_id
+from tests.support.views import WrappedViews
 
 SECRET = "s3cret-path/views.sqlite3 password=hunter2"
 
 
-class FailingReads:
+class FailingReads(WrappedViews):
     """The real view store, except that document reads raise `error`."""
 
     def __init__(self, inner: ViewStore, error: Exception) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._error = error
-
-    async def open(self, collections: Sequence[Collection]) -> None:
-        await self._inner.open(collections)
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
-        await self._inner.apply(upserts, checkpoint)
-
-    async def checkpoint(self, name: str) -> int:
-        return await self._inner.checkpoint(name)
-
-    async def checkpoints(self) -> list[Checkpoint]:
-        return await self._inner.checkpoints()
-
-    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
-        await self._inner.save_status(name, fields)
-
-    async def statuses(self) -> list[dict[str, StatusValue]]:
-        return await self._inner.statuses()
 
     async def get(self, collection: str, key: str) -> Document | None:
         raise self._error

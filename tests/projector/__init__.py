@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +15,9 @@ from ledger.domain.accounts import AccountOpened, FundsDeposited
 from ledger.eventstore.codec import EventMetadata
 from ledger.eventstore.port import ANY_VERSION, AppendResult, NewEvent
 from ledger.eventstore.sqlite import SqliteEventStore
-from ledger.views.port import Checkpoint, Collection, Document, Scalar, StatusValue, Upsert
+from ledger.views.port import Checkpoint, Upsert
 from ledger.views.sqlite import SqliteViewStore
+from tests.support.views import WrappedViews
 
 GUARD = 30.0
 """Guards against hangs only: every wait below ends as soon as its condition holds."""
@@ -67,61 +68,19 @@ class Stores:
     data_dir: Path
 
 
-class GatedViews:
+class GatedViews(WrappedViews):
     """The real view store, but `apply` waits for `gate` (and can be made to fail)."""
 
     def __init__(self, inner: SqliteViewStore) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.gate = asyncio.Event()
         self.gate.set()
         self.failure: Exception | None = None
         self.waiting = asyncio.Event()
-
-    async def open(self, collections: Sequence[Collection]) -> None:
-        await self._inner.open(collections)
-
-    async def close(self) -> None:
-        await self._inner.close()
 
     async def apply(self, upserts: Sequence[Upsert], checkpoint: Checkpoint) -> None:
         self.waiting.set()
         await self.gate.wait()
         if self.failure is not None:
             raise self.failure
-        await self._inner.apply(upserts, checkpoint)
-
-    async def checkpoint(self, name: str) -> int:
-        return await self._inner.checkpoint(name)
-
-    async def checkpoints(self) -> list[Checkpoint]:
-        return await self._inner.checkpoints()
-
-    async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
-        await self._inner.save_status(name, fields)
-
-    async def statuses(self) -> list[dict[str, StatusValue]]:
-        return await self._inner.statuses()
-
-    async def get(self, collection: str, key: str) -> Document | None:
-        return await self._inner.get(collection, key)
-
-    async def find(
-        self,
-        collection: str,
-        *,
-        where: Mapping[str, Scalar],
-        order_by: str,
-        after: Scalar = None,
-        at_most: Scalar = None,
-        descending: bool = False,
-        limit: int,
-    ) -> list[Document]:
-        return await self._inner.find(
-            collection,
-            where=where,
-            order_by=order_by,
-            after=after,
-            at_most=at_most,
-            descending=descending,
-            limit=limit,
-        )
+        await self.inner.apply(upserts, checkpoint)

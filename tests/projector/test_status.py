@@ -53,8 +53,11 @@ async def test_catching_up_with_a_lag_then_live_then_stopped(stores: Stores) -> 
     views.gate.clear()  # the projector will hold its first batch
     runner = ProjectionRunner(stores.events, views, projection, status_interval=0.01)
     async with running(runner) as task:
+        # The head may be seen a moment before the batch is in hand (and has an age).
         behind = await eventually(
-            lambda: status_of(views), lambda s: s.get("head_position") == 3, "saw the head"
+            lambda: status_of(views),
+            lambda s: s.get("head_position") == 3 and s.get("lag_seconds") != 0.0,
+            "saw the head with the batch in hand",
         )
         assert behind["state"] == "CATCHING_UP"
         assert behind["checkpoint_position"] == 0
