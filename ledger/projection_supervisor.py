@@ -64,7 +64,6 @@ class ProjectionSupervisor:
         self.live: ProjectionRunner | None = None
         self.building: ProjectionRunner | None = None
         self._tasks: dict[ProjectionRunner, asyncio.Task[None]] = {}
-        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Run until cancelled; raises if a runner fails for good or the views are newer."""
@@ -96,22 +95,14 @@ class ProjectionSupervisor:
             for runner in list(self._tasks):
                 await self._stop(runner)
 
-    def wake(self) -> None:
-        """Look at the control document now rather than at the next poll."""
-        self._wake.set()
-
     async def _pause(self) -> None:
         """Wait a poll interval; a runner that ended (it failed) ends the supervisor."""
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait(
-                [waker, *self._tasks.values()],
-                timeout=self._poll_interval,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waker.cancel()
-            self._wake.clear()
+        if not self._tasks:  # a build about to start (older views, no live runner here)
+            await asyncio.sleep(self._poll_interval)
+            return
+        await asyncio.wait(
+            self._tasks.values(), timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in self._tasks.values():
             if task.done():
                 task.result()  # raises why it stopped
