@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from ledger.eventstore.codec import EventCodec
 from ledger.eventstore.port import RecordedEvent
+from ledger.generations import Generation
 from ledger.views.port import KEY, Collection, Index, Upsert, check_field_name
 
 Ev = TypeVar("Ev")
@@ -46,8 +47,14 @@ class Projection:
         self._settable: set[str] = set()  # field names checked already
 
     @property
+    def first_generation(self) -> Generation:
+        """Generation 0 of its views: the bare collection names (see ledger.generations)."""
+        return Generation(self.name, 0, self.version)
+
+    @property
     def checkpoint_name(self) -> str:
-        return f"{self.name}-v{self.version}"
+        """Generation 0's checkpoint (a rebuild's generations have their own)."""
+        return self.first_generation.name
 
     def on(
         self, event_type: type[Ev]

@@ -61,7 +61,7 @@ class ProjectionRunner:
         """Writes into `generation` (generation 0 of the projection's version unless
         given); `rebuilding` reports REBUILDING rather than CATCHING_UP / LIVE until
         `promote()`: a generation built beside the live one, not yet read."""
-        self.generation = generation or Generation(projection.name, 0, projection.version)
+        self.generation = generation or projection.first_generation
         self.name = self.generation.name
         self.rebuilding = rebuilding
         self._events = events

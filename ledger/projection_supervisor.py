@@ -139,8 +139,7 @@ class ProjectionSupervisor:
             next_number=new.number + 1,
             handled_request=request or generations.handled_request,
         )
-        await self._views.create(new.collections(self._projection.collections))
-        await save(self._views, generations)
+        await save(self._views, generations)  # recorded first; _start creates its collections
         why = "requested" if request else f"views at version {generations.active.version}"
         log.info(
             "rebuild started",

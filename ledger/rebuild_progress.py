@@ -10,20 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 from ledger.generations import Generation, load
-from ledger.views.port import KEY, StatusValue, ViewStore
+from ledger.views.port import KEY, ViewStore, status_count
 
 WINDOW = 5.0
 """Seconds over which the rate is measured."""
-
-
-def _int(record: Mapping[str, StatusValue], name: str) -> int:
-    value = record.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +140,9 @@ async def follow_rebuild(
                 progress.add(
                     Sample(
                         clock(),
-                        _int(record, "applied_events"),
-                        _int(record, "checkpoint_position"),
-                        _int(record, "head_position"),
+                        status_count(record, "applied_events"),
+                        status_count(record, "checkpoint_position"),
+                        status_count(record, "head_position"),
                     )
                 )
                 out.show(progress.line(target.name))

@@ -7,10 +7,11 @@ at a time anyway) and a small pool of reader threads, each with its own connecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,6 +37,18 @@ def connect(path: Path, *, synchronous: Synchronous) -> sqlite3.Connection:
         log.warning("cannot open SQLite database", extra={"path": str(path), "error": str(exc)})
         raise Unavailable("a SQLite store cannot be opened") from exc
     return conn
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (take the write lock up front) ... COMMIT, or ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 OUTAGE_MESSAGES = ("locked", "busy", "unable to open", "disk i/o", "readonly", "full")

@@ -7,7 +7,7 @@ import asyncio
 from ledger.backends import view_store_from_env
 from ledger.banking.views import projection
 from ledger.consistency import CheckpointFollower
-from ledger.generations import GENERATIONS, ActiveGenerationFollower, Generation, GenerationViews
+from ledger.generations import GENERATIONS, ActiveGenerationFollower, GenerationViews
 from ledger.grpc.server import Service, open_with_retry, serve
 from ledger.settings import Env, bind_host, env_float, port, shutdown_grace
 from ledger.v1 import account_query_service_pb2, account_query_service_pb2_grpc
@@ -22,7 +22,7 @@ async def run(env: Env) -> int:
     host, grace = bind_host(env), shutdown_grace(env)
     max_wait = env_float(env, "LEDGER_MAX_WAIT_SECONDS", 5.0, minimum=0.0, maximum=300.0)
     # Reads go to the active generation of the views, which a rebuild switches.
-    views = GenerationViews(store, Generation(projection.name, 0, projection.version))
+    views = GenerationViews(store, projection.first_generation)
     active = ActiveGenerationFollower(
         views, projection.name, projection.version, projection.collections
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from ledger.v1 import account_query_service_pb2 as pb
-from ledger.views.port import KEY, Checkpoint, StatusValue
+from ledger.views.port import KEY, Checkpoint, StatusValue, status_count
 
 STATES = {
     "CATCHING_UP": pb.PROJECTION_STATE_CATCHING_UP,
@@ -20,11 +20,6 @@ STATES = {
     "STOPPED": pb.PROJECTION_STATE_STOPPED,
     "FAILED": pb.PROJECTION_STATE_FAILED,
 }
-
-
-def _int(record: Mapping[str, StatusValue], name: str) -> int:
-    value = record.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _float(record: Mapping[str, StatusValue], name: str) -> float:
@@ -41,13 +36,15 @@ def projection_statuses(
     for name in sorted(positions.keys() | by_name.keys()):
         checkpoint = positions.get(name)
         record = by_name.get(name, {})
-        position = checkpoint.position if checkpoint else _int(record, "checkpoint_position")
-        head = max(_int(record, "head_position"), position)
+        position = (
+            checkpoint.position if checkpoint else status_count(record, "checkpoint_position")
+        )
+        head = max(status_count(record, "head_position"), position)
         state = record.get("state")
         status = pb.ProjectionStatus(
             name=name,
             checkpoint_position=position,
-            version=_int(record, "version"),
+            version=status_count(record, "version"),
             head_position=head,
             lag_events=head - position,
             lag_seconds=_float(record, "lag_seconds"),
@@ -56,7 +53,7 @@ def projection_statuses(
             if isinstance(state, str)
             else pb.PROJECTION_STATE_UNSPECIFIED,
             last_error=str(record.get("last_error") or ""),
-            parked_events=_int(record, "parked_events"),
+            parked_events=status_count(record, "parked_events"),
         )
         updated_at: datetime | None = checkpoint.updated_at if checkpoint else None
         if updated_at is not None:

@@ -30,7 +30,7 @@ from ledger.eventstore.port import (
     Snapshot,
     SubscriptionBatch,
 )
-from ledger.sqlite_support import ChangeWatcher, SqliteThreads
+from ledger.sqlite_support import ChangeWatcher, SqliteThreads, write_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -167,8 +167,7 @@ def _commit_group(
 ) -> list[AppendResult | BaseException]:
     now = datetime.now(UTC).isoformat()
     outcomes: list[AppendResult | BaseException] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         for item in group:
             conn.execute("SAVEPOINT one_append")
             try:
@@ -178,10 +177,6 @@ def _commit_group(
                 conn.execute("ROLLBACK TO one_append")
                 conn.execute("RELEASE one_append")
                 outcomes.append(exc)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return outcomes
 
 

@@ -19,6 +19,15 @@ Scalar = str | int | bool | None
 StatusValue = Scalar | float
 """A field of a status record: a scalar, or a float (rates and durations, never money)."""
 Document = dict[str, Any]
+
+
+def status_count(record: Mapping[str, StatusValue], name: str) -> int:
+    """A count or position from a status record; 0 if it is missing, odd or negative
+    (records are read across processes and versions: never trusted to be well formed)."""
+    value = record.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 KEY = "_id"
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 

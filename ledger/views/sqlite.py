@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from ledger.errors import Unavailable
-from ledger.sqlite_support import SqliteThreads
+from ledger.sqlite_support import SqliteThreads, write_transaction
 from ledger.views.coalesce import folded, runs
 from ledger.views.port import (
     KEY,
@@ -164,16 +164,11 @@ class SqliteViewStore:
         tables = [_table(c) for c in collections]
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 for table in tables:
                     conn.execute(f"DROP TABLE IF EXISTS {table}")  # its indexes go with it
                 conn.execute("DELETE FROM checkpoints WHERE name = ?", (checkpoint,))
                 conn.execute("DELETE FROM statuses WHERE name = ?", (checkpoint,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
         await self._db.write(write)
 
@@ -189,8 +184,7 @@ class SqliteViewStore:
         now = datetime.now(UTC).isoformat()
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 _write_upserts(conn, upserts)
                 conn.execute(
                     "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?)"
@@ -198,10 +192,6 @@ class SqliteViewStore:
                     " updated_at = excluded.updated_at WHERE excluded.position >= position",
                     (checkpoint.name, checkpoint.position, now),
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
         await self._db.write(write)
 

@@ -34,7 +34,7 @@ from ledger.views.port import KEY, Checkpoint, Document, ViewStore
 from tests.projector import Stores, append_account_events, eventually
 from tests.support import new_id
 
-G0 = Generation(projection.name, 0, projection.version)
+G0 = projection.first_generation
 G1 = Generation(projection.name, 1, projection.version)
 
 
