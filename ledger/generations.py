@@ -34,6 +34,11 @@ from ledger.views.port import (
 )
 
 GENERATIONS = Collection("view_generations")
+READER_INTERVAL = 1.0
+"""Seconds between a reader's looks at which generation is active."""
+MIN_DROP_GRACE = 3 * READER_INTERVAL
+"""The least time a replaced generation may stay: readers may need one interval to see
+the switch, and the reads they started before it must still find the old views."""
 log = logging.getLogger("ledger.generations")
 
 
@@ -231,7 +236,7 @@ class ActiveGenerationFollower:
         version: int,
         collections: Sequence[Collection],
         *,
-        interval: float = 1.0,
+        interval: float = READER_INTERVAL,
     ) -> None:
         self._views = views
         self._projection = projection

@@ -8,7 +8,7 @@ import logging
 
 from ledger.backends import event_store_from_env, view_store_from_env
 from ledger.banking.views import projection
-from ledger.generations import GENERATIONS
+from ledger.generations import GENERATIONS, MIN_DROP_GRACE
 from ledger.grpc.server import open_with_retry, stop_event_on_signals
 from ledger.healthcheck import heartbeat, heartbeat_path
 from ledger.projection_supervisor import ProjectionSupervisor, ViewsAreNewer
@@ -21,7 +21,7 @@ async def run(env: Env) -> int:
     events = event_store_from_env(env)
     views = view_store_from_env(env)
     drop_grace = env_float(
-        env, "LEDGER_VIEW_DROP_GRACE_SECONDS", 10.0, minimum=0.0, maximum=86_400.0
+        env, "LEDGER_VIEW_DROP_GRACE_SECONDS", 10.0, minimum=MIN_DROP_GRACE, maximum=86_400.0
     )
     stop = stop_event_on_signals()
     try:

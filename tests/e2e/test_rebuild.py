@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ledger.banking.views import projection
+from ledger.generations import MIN_DROP_GRACE
 from ledger.v1 import account_query_service_pb2 as qry
 from tests.e2e.conftest import StackFactory
 from tests.support import CALL_TIMEOUT, LedgerClient, connect, new_id
@@ -88,7 +89,7 @@ async def watch_states(client: LedgerClient, stop: asyncio.Event) -> set[tuple[s
 async def test_queries_keep_answering_correctly_through_a_rebuild(
     make_stack: StackFactory,
 ) -> None:
-    stack = make_stack(LEDGER_VIEW_DROP_GRACE_SECONDS="1")
+    stack = make_stack(LEDGER_VIEW_DROP_GRACE_SECONDS=str(MIN_DROP_GRACE))
     ledger = Ledger()
     async with connect(stack.command_target, stack.query_target) as client:
         for _ in range(ACCOUNTS):
@@ -113,7 +114,7 @@ async def test_queries_keep_answering_correctly_through_a_rebuild(
         async with asyncio.timeout(GUARD):
             output, _ = await rebuild.communicate()
             await asyncio.gather(*writers)
-            # Readers go on until the old views are gone (dropped after the 1 s grace).
+            # Readers go on until the old views are gone (dropped after the grace period).
             while True:
                 status = await client.queries.GetProjectionStatus(
                     qry.GetProjectionStatusRequest(), timeout=CALL_TIMEOUT
