@@ -125,7 +125,13 @@ def ratio(value: float, baseline: float) -> float:
 
 
 def load(
-    profile: Profile, kind: str, label: str, cmd: str, query: str, ids: list[str]
+    profile: Profile,
+    kind: str,
+    label: str,
+    cmd: str,
+    query: str,
+    ids: list[str],
+    watch: tuple[tuple[str, int], ...] = (),
 ) -> LoadResult:
     result = run_load(
         Load(
@@ -138,9 +144,12 @@ def load(
             warmup=profile.warmup,
             duration=profile.duration,
             label=label,
+            watch=watch,
         )
     )
+    cpu = ", ".join(f"{k} {v}" for k, v in result.cpu_ms_per_call.items())
     log(f"{label}: {result.throughput:.0f}/s, p99 {result.summary()['p99_ms']} ms")
+    log(f"  CPU ms per call: {cpu}")
     return result
 
 
@@ -152,12 +161,19 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     out["setup"] = {"accounts_opened": len(ids) + 1, "open_seconds": round(seconds, 2)}
 
     ceiling = Ceiling()
+    bare = (("ceiling_server", ceiling.proc.pid),)
     try:
         c_dep = load(
-            profile, DEPOSIT_SPREAD, "ceiling DepositFunds", ceiling.target, ceiling.target, ids
+            profile,
+            DEPOSIT_SPREAD,
+            "ceiling DepositFunds",
+            ceiling.target,
+            ceiling.target,
+            ids,
+            bare,
         )
         c_get = load(
-            profile, GET_ACCOUNT, "ceiling GetAccount", ceiling.target, ceiling.target, ids
+            profile, GET_ACCOUNT, "ceiling GetAccount", ceiling.target, ceiling.target, ids, bare
         )
     finally:
         out["memory"] = {"ceiling_server_peak_rss_mib": ceiling.close()}
@@ -168,11 +184,12 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     try:
         cmd, query = stack.command_target, stack.query_target
         wait_projected(query, "hot-0", len(ids) + 1)
-        a = load(profile, DEPOSIT_SPREAD, "(a) deposits, 10k accounts", cmd, query, ids)
-        e = load(profile, GET_ACCOUNT, "(e) GetAccount", cmd, query, ids)
-        b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"])
+        ours = tuple((n, stack[n].proc.pid) for n in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER))  # type: ignore[union-attr]
+        a = load(profile, DEPOSIT_SPREAD, "(a) deposits, 10k accounts", cmd, query, ids, ours)
+        e = load(profile, GET_ACCOUNT, "(e) GetAccount", cmd, query, ids, ours)
+        b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"], ours)
         balance = get_balance(query, "hot-0", b.max_position)
-        d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids)
+        d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids, ours)
         for name in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER):
             out["memory"][f"{name}_peak_rss_mib"] = peak_rss_mib(stack[name].proc.pid)  # type: ignore[union-attr]
     finally:

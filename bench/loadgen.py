@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import random
 import resource
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,6 +46,25 @@ class Load:
     warmup: float = 2.0
     duration: float = 10.0
     label: str = ""
+    watch: tuple[tuple[str, int], ...] = ()
+    """(name, pid) of server processes whose CPU time is measured over the window."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc; 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
 
 
 @dataclass
@@ -58,6 +79,9 @@ class LoadResult:
     acked_count: int = 0
     max_position: int = 0
     client_peak_rss_kib: int = 0
+    cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
+    """CPU time per counted call over the measured window: each watched process, the
+    load clients together, and `machine_busy_pct` (all CPUs, anything running)."""
 
     @property
     def throughput(self) -> float:
@@ -71,6 +95,7 @@ class LoadResult:
             "throughput_per_s": round(self.throughput, 1),
             **{f"{k}_ms": v for k, v in percentiles(self.latencies_ms).items()},
             "client_peak_rss_mib": round(self.client_peak_rss_kib / 1024, 1),
+            "cpu_ms_per_call": self.cpu_ms_per_call,
         }
         if self.write_latencies_ms:
             out.update(
@@ -193,8 +218,12 @@ def run_load(load: Load) -> LoadResult:
         worker.start()
     end = start + load.warmup + load.duration
     last, last_t = 0, time.time()
+    pids = [*load.watch, *((f"client-{i}", w.pid or 0) for i, w in enumerate(workers))]
+    cpu_at: list[tuple[dict[str, float], tuple[float, float]]] = []
     while time.time() < end + 0.5:
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(0.01, _next_mark(start + load.warmup, end, len(cpu_at)))))
+        if len(cpu_at) < 2 and time.time() >= (start + load.warmup, end)[len(cpu_at)]:
+            cpu_at.append(({n: cpu_seconds(p) for n, p in pids}, machine_busy_seconds()))
         now, done = time.time(), sum(progress)
         phase = "starting" if now < start else "warm-up" if now < start + load.warmup else "measure"
         rate = (done - last) / max(1e-9, now - last_t)
@@ -222,4 +251,24 @@ def run_load(load: Load) -> LoadResult:
         acked_count=sum(p["count"] for p in parts),
         max_position=max(p["max_position"] for p in parts),
         client_peak_rss_kib=max(p["rss_kib"] for p in parts),
+        cpu_ms_per_call=_cpu_per_call(cpu_at, sum(p["ops"] for p in parts)),
     )
+
+
+def _next_mark(window_start: float, window_end: float, taken: int) -> float:
+    """Seconds until the next CPU sample is due (window start, then end)."""
+    marks = (window_start, window_end)
+    return marks[taken] - time.time() if taken < 2 else 0.5
+
+
+def _cpu_per_call(
+    cpu_at: list[tuple[dict[str, float], tuple[float, float]]], ops: int
+) -> dict[str, float]:
+    if len(cpu_at) < 2 or not ops:
+        return {}
+    (before, (busy0, total0)), (after, (busy1, total1)) = cpu_at
+    per_call = {n: (after[n] - before[n]) * 1000 / ops for n in before}
+    out = {n: round(v, 3) for n, v in per_call.items() if not n.startswith("client-")}
+    out["clients"] = round(sum(v for n, v in per_call.items() if n.startswith("client-")), 3)
+    out["machine_busy_pct"] = round(100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1)
+    return out

@@ -1,7 +1,11 @@
-"""What both SQLite adapters share: connection set-up and running blocking calls off the loop.
+"""What both SQLite adapters share: connection set-up and where each call runs.
 
 sqlite3 blocks, so each adapter owns a single writer thread (SQLite admits one writer
 at a time anyway) and a small pool of reader threads, each with its own connection.
+Small reads (a point lookup, a page of rows) run on the event loop's own thread
+instead: in WAL mode a read never waits for a writer, and it costs less than the hop
+to a thread and back (two thread wake-ups and a loop wake-up; measured in
+docs/benchmarks.md, it was about a fifth of a deposit's CPU time).
 """
 
 from __future__ import annotations
@@ -23,14 +27,25 @@ log = logging.getLogger("ledger.sqlite")
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-def connect(path: Path, *, synchronous: Synchronous) -> sqlite3.Connection:
+BUSY_TIMEOUT = 30.0
+"""Seconds a thread's connection waits for a lock before the store counts as unavailable."""
+LOOP_BUSY_TIMEOUT = 1.0
+"""The same for the event loop's connection: a WAL reader only waits in rare cases (a
+recovery after a crash), and the loop must not stall for long on one."""
+
+
+def connect(
+    path: Path, *, synchronous: Synchronous, busy_timeout: float = BUSY_TIMEOUT
+) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, waiting on locks."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         conn.execute("PRAGMA foreign_keys=ON")
     except (sqlite3.Error, OSError) as exc:
         # The path and the cause go to the log; clients only learn that it is unavailable.
@@ -60,7 +75,8 @@ def _is_outage(exc: sqlite3.OperationalError) -> bool:
 
 
 class SqliteThreads:
-    """One writer thread and a pool of reader threads, each with its own connection."""
+    """One writer thread and a pool of reader threads, each with its own connection,
+    plus one connection for small reads on the event loop's thread (`read_now`)."""
 
     def __init__(self, path: Path, *, synchronous: Synchronous, readers: int = 2) -> None:
         self._path = path
@@ -71,10 +87,11 @@ class SqliteThreads:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+        """This thread's connection (each thread has its own)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self._path, synchronous=self._synchronous)
+            conn = connect(self._path, synchronous=self._synchronous, busy_timeout=busy_timeout)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
@@ -86,10 +103,24 @@ class SqliteThreads:
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._reader_pool, fn)
 
+    def read_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a small read right here, on the calling thread (the event loop's).
+
+        Only for reads bounded in size (a lookup by key, a page of rows): a long read
+        would hold up every other task on the loop. Use `read` for the rest."""
+        with self._outages():
+            return fn(self._connection(LOOP_BUSY_TIMEOUT))
+
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        try:
+        with self._outages():
             return await loop.run_in_executor(pool, lambda: fn(self._connection()))
+
+    @contextlib.contextmanager
+    def _outages(self) -> Iterator[None]:
+        """Turn a store that cannot be used now into Unavailable (retryable), and only that."""
+        try:
+            yield
         except sqlite3.OperationalError as exc:
             if not _is_outage(exc):
                 raise  # a bug (no such table, bad SQL): never disguised as a retryable outage

@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 COLUMNS = "event_id, stream, version, position, type, data, metadata, recorded_at"
 MAX_GROUP = 256
+INLINE_ROWS = 64
+"""Reads of up to this many events run on the event loop's thread (SqliteThreads.read_now);
+a longer read goes on in a reader thread from where that part stopped. A stream read
+after a snapshot, a request's events and a live subscription's batch are all this
+small; a replay or a catch-up is not."""
 
 
 def _row_to_event(row: tuple[str, str, int, int, str, bytes, bytes, str]) -> RecordedEvent:
@@ -256,7 +261,7 @@ class SqliteEventStore:
                 if isinstance(outcome, AppendResult):
                     item.future.set_result(outcome)
                 elif isinstance(outcome, sqlite3.IntegrityError):
-                    current = await self._db.read(
+                    current = self._db.read_now(
                         functools.partial(_current_version, stream=item.stream)
                     )
                     item.future.set_exception(
@@ -268,9 +273,29 @@ class SqliteEventStore:
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None
     ) -> list[RecordedEvent]:
-        return await self._db.read(
-            functools.partial(_read_stream, stream=stream, from_version=from_version, limit=limit)
+        head = INLINE_ROWS if limit is None else min(limit, INLINE_ROWS)
+        events = self._db.read_now(
+            functools.partial(_read_stream, stream=stream, from_version=from_version, limit=head)
         )
+        return await self._read_rest(stream, events, head, limit)
+
+    async def _read_rest(
+        self, stream: str, events: list[RecordedEvent], asked: int, limit: int | None
+    ) -> list[RecordedEvent]:
+        """`events` (a read of `asked` events), and, if that was not all, the rest, read
+        in a reader thread: the stream only grows, so reading on from the last version
+        read gives the same events as one read would have."""
+        if len(events) < asked or (limit is not None and len(events) >= limit):
+            return events
+        rest = await self._db.read(
+            functools.partial(
+                _read_stream,
+                stream=stream,
+                from_version=events[-1].version + 1,
+                limit=None if limit is None else limit - len(events),
+            )
+        )
+        return events + rest
 
     @property
     def unique_event_ids(self) -> bool:
@@ -284,10 +309,10 @@ class SqliteEventStore:
             ).fetchone()
             return None if row is None else _row_to_event(row)
 
-        return await self._db.read(read)
+        return self._db.read_now(read)
 
     async def read_snapshot(self, stream: str) -> Snapshot | None:
-        return await self._db.read(functools.partial(_read_snapshot, stream=stream))
+        return self._db.read_now(functools.partial(_read_snapshot, stream=stream))
 
     async def read_latest(self, stream: str) -> tuple[Snapshot | None, list[RecordedEvent]]:
         def read(conn: sqlite3.Connection) -> tuple[Snapshot | None, list[RecordedEvent]]:
@@ -295,11 +320,12 @@ class SqliteEventStore:
             try:
                 snapshot = _read_snapshot(conn, stream)
                 after = NO_STREAM if snapshot is None else snapshot.version
-                return snapshot, _read_stream(conn, stream, after + 1)
+                return snapshot, _read_stream(conn, stream, after + 1, INLINE_ROWS)
             finally:
                 conn.execute("COMMIT")
 
-        return await self._db.read(read)
+        snapshot, events = self._db.read_now(read)
+        return snapshot, await self._read_rest(stream, events, INLINE_ROWS, None)
 
     async def write_snapshot(self, stream: str, snapshot: Snapshot) -> None:
         await self._db.write(functools.partial(_write_snapshot, stream=stream, snapshot=snapshot))
@@ -316,7 +342,7 @@ class SqliteEventStore:
             row = conn.execute(sql, parameters).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._db.read(read)
+        return await self._db.read(read)  # unbounded: may pass many other streams' events
 
     async def read_all(self, after_position: int, limit: int) -> list[RecordedEvent]:
         def read(conn: sqlite3.Connection) -> list[RecordedEvent]:
@@ -331,17 +357,55 @@ class SqliteEventStore:
     async def subscribe(
         self, after_position: int, *, stream_prefixes: Sequence[str] = (), batch_size: int = 1000
     ) -> AsyncIterator[SubscriptionBatch]:
-        prefixes = tuple(stream_prefixes)
+        """Each batch covers up to `batch_size` positions of the log (fewer events if other
+        streams' events are among them: those are skipped inside SQLite, never decoded).
+        Behind the head, windows are read in a reader thread; at the head, the live tail
+        is read on the loop's thread (INLINE_ROWS positions at a time)."""
+        window = functools.partial(_read_window, prefixes=tuple(stream_prefixes))
         watcher = ChangeWatcher(self._path, interval=self._poll_interval)
-        position = after_position
+        position, behind = after_position, True
         try:
             while True:
-                events = await self.read_all(position, batch_size)
-                if not events:
+                if behind:
+                    read = await self._db.read(
+                        functools.partial(window, after=position, span=batch_size)
+                    )
+                else:
+                    span = min(batch_size, INLINE_ROWS)
+                    read = self._db.read_now(functools.partial(window, after=position, span=span))
+                behind = read.head - read.upto > INLINE_ROWS
+                if read.upto == position:
                     await watcher.wait()
                     continue
-                position = events[-1].position
-                wanted = tuple(e for e in events if not prefixes or e.stream.startswith(prefixes))
-                yield SubscriptionBatch(events=wanted, position=position)
+                position = read.upto
+                yield SubscriptionBatch(events=read.events, position=position)
         finally:
             watcher.close()
+
+
+@dataclass(frozen=True)
+class _Window:
+    events: tuple[RecordedEvent, ...]
+    upto: int
+    """Every position up to here was looked at."""
+    head: int
+
+
+def _read_window(
+    conn: sqlite3.Connection, *, after: int, span: int, prefixes: tuple[str, ...]
+) -> _Window:
+    """The wanted streams' events among positions (after, after + span], or up to the head
+    if it is nearer, read in one transaction (so `upto` and the events agree)."""
+    match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
+    conn.execute("BEGIN")
+    try:
+        head = int(conn.execute("SELECT MAX(position) FROM events").fetchone()[0] or 0)
+        upto = min(after + span, max(head, after))
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? AND ({match})"
+            " ORDER BY position",
+            [after, upto, *(x for p in prefixes for x in (len(p), p))],
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return _Window(tuple(_row_to_event(r) for r in rows), upto, head)

@@ -29,6 +29,10 @@ from ledger.views.port import (
     check_field_name,
 )
 
+INLINE_ROWS = 100
+"""Pages of up to this many documents (the default page size) are read on the event
+loop's thread (ledger.sqlite_support.SqliteThreads.read_now); larger ones in a thread."""
+
 CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     name       TEXT PRIMARY KEY,
@@ -202,7 +206,7 @@ class SqliteViewStore:
             ).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._db.read(read)
+        return self._db.read_now(read)
 
     async def checkpoints(self) -> list[Checkpoint]:
         def read(conn: sqlite3.Connection) -> list[Checkpoint]:
@@ -211,7 +215,7 @@ class SqliteViewStore:
             ).fetchall()
             return [Checkpoint(n, int(p), datetime.fromisoformat(u)) for n, p, u in rows]
 
-        return await self._db.read(read)
+        return self._db.read_now(read)
 
     async def save_status(self, name: str, fields: Mapping[str, StatusValue]) -> None:
         raw = json.dumps({_record_field(f): v for f, v in fields.items()})
@@ -230,7 +234,7 @@ class SqliteViewStore:
             rows = conn.execute("SELECT name, fields FROM statuses ORDER BY name").fetchall()
             return [{**json.loads(f), KEY: n} for n, f in rows]
 
-        return await self._db.read(read)
+        return self._db.read_now(read)
 
     async def get(self, collection: str, key: str) -> Document | None:
         def read(conn: sqlite3.Connection) -> Document | None:
@@ -239,7 +243,7 @@ class SqliteViewStore:
             ).fetchone()
             return None if row is None else _document(key, row[0])
 
-        return await self._db.read(read)
+        return self._db.read_now(read)
 
     async def find(
         self,
@@ -270,4 +274,4 @@ class SqliteViewStore:
         def read(conn: sqlite3.Connection) -> list[Document]:
             return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]
 
-        return await self._db.read(read)
+        return self._db.read_now(read) if limit <= INLINE_ROWS else await self._db.read(read)
