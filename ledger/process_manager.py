@@ -160,10 +160,10 @@ class ProcessManager:
         return self.steps > self._saved_steps and elapsed >= self._checkpoint_interval
 
     async def load_checkpoint(self) -> int:
-        recorded = await self._store.read_stream(self.checkpoint_stream)
-        if not recorded:
+        last = await self._store.read_last(self.checkpoint_stream)
+        if last is None:
             return 0
-        saved = checkpoint_codec.decode_recorded(recorded[-1])
+        saved = checkpoint_codec.decode_recorded(last)
         assert isinstance(saved, CheckpointSaved)
         return saved.position
 

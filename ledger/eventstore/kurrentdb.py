@@ -229,6 +229,10 @@ class KurrentDBEventStore:
         )
         return [_to_port(r) for r in recorded]
 
+    async def read_last(self, stream: str) -> RecordedEvent | None:
+        last = await self._get(stream, None, backwards=True, limit=1)
+        return _to_port(last[0]) if last else None
+
     async def _get(
         self, stream: str, revision: int | None, *, backwards: bool, limit: int
     ) -> tuple[KurrentRecordedEvent, ...]:

@@ -97,6 +97,11 @@ class EventStore(Protocol):
         """Events of `stream` from `from_version` on, oldest first, at most `limit` of them;
         [] if there are none."""
 
+    async def read_last(self, stream: str) -> RecordedEvent | None:
+        """The last event of `stream` (a read backwards from its end), or None: a stream
+        whose latest event is all that matters (a checkpoint) costs one event to read
+        however long it has grown."""
+
     async def find_event(self, stream: str, event_id: UUID) -> RecordedEvent | None:
         """The event of `stream` with this id, or None.
 

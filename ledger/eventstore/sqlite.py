@@ -301,6 +301,16 @@ class SqliteEventStore:
     def unique_event_ids(self) -> bool:
         return True  # event_id is UNIQUE (hence indexed), and _already_appended refuses
 
+    async def read_last(self, stream: str) -> RecordedEvent | None:
+        def read(conn: sqlite3.Connection) -> RecordedEvent | None:
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM events WHERE stream = ? ORDER BY version DESC LIMIT 1",
+                (stream,),
+            ).fetchone()
+            return None if row is None else _row_to_event(row)
+
+        return self._db.read_now(read)
+
     async def find_event(self, stream: str, event_id: UUID) -> RecordedEvent | None:
         def read(conn: sqlite3.Connection) -> RecordedEvent | None:
             row = conn.execute(

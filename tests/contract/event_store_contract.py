@@ -246,8 +246,19 @@ class EventStoreContract:
         )
         await store.write_snapshot(stream, Snapshot(19, 0, b"s"))
         snapshot, after = await store.read_latest(stream)
-        assert snapshot is not None and snapshot.version == 19
+        assert snapshot is not None
+        assert snapshot.version == 19
         assert [r.version for r in after] == list(range(20, 300))
+
+    async def test_read_last_is_the_streams_latest_event(self, store: EventStore) -> None:
+        stream = unique()
+        assert await store.read_last(stream) is None
+        await store.append(stream, events(3), NO_STREAM)
+        await store.append(unique(), events(1), NO_STREAM)  # a later event elsewhere
+        last = await store.read_last(stream)
+        assert last is not None
+        assert last == (await store.read_stream(stream))[-1]
+        assert last.version == 2
 
     async def test_find_event_finds_an_event_of_the_stream_by_its_id(
         self, store: EventStore
