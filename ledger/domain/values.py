@@ -6,6 +6,7 @@ problem in one INVALID_ARGUMENT, as google.rpc.BadRequest intends.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pycountry
@@ -19,7 +20,9 @@ MAX_OWNER_NAME = 200
 MAX_DESCRIPTION = 500
 
 
+@functools.lru_cache(maxsize=512)
 def is_iso_currency(code: str) -> bool:
+    """Cached: pycountry's lookup is a noticeable share of a deposit's CPU time."""
     return len(code) == 3 and code.isupper() and pycountry.currencies.get(alpha_3=code) is not None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,12 +37,12 @@ class EventMetadata:
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EventMetadata:
         try:
-            data = json.loads(raw or b"{}")
+            data = orjson.loads(raw or b"{}")
         except ValueError:
             return cls()
         if not isinstance(data, dict):
@@ -82,7 +81,7 @@ class EventCodec:
     def encode(self, event: object) -> tuple[str, bytes]:
         name = self.type_name(event)
         body = self._shapes[type(event)].to_json(event)
-        return name, json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return name, orjson.dumps(body)
 
     def decode(self, type_name: str, data: bytes) -> object:
         cls = self._by_name.get(type_name)
