@@ -44,6 +44,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{e['target']}: {_met(e['met'])}",
             )
         )
+        for name, ours, base in (("(a)", a, c["deposit"]), ("(e)", e, c["get_account"])):
+            if ours.get("cpu_ms_per_call") and base.get("cpu_ms_per_call"):
+                out.append(_cpu_row(name, ours["cpu_ms_per_call"], base["cpu_ms_per_call"]))
         out.append(
             (
                 "(b) deposits, one hot account",
@@ -124,6 +127,29 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             )
         )
     return out
+
+
+def _cpu_row(
+    name: str, ours: dict[str, float], base: dict[str, float]
+) -> tuple[str, str, str, str, str]:
+    """CPU time per call of every process, summed: on a machine whose CPUs are all busy,
+    base/ours is about the throughput ratio the scenario can reach."""
+
+    def spent(cpu: dict[str, float]) -> tuple[str, float]:
+        parts = {k: v for k, v in cpu.items() if k != "machine_busy_pct"}
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if v >= 0.01)
+        total = sum(parts.values())
+        return f"{total:.2f} ms ({shown}; CPUs {cpu['machine_busy_pct']:.0f}% busy)", total
+
+    ours_text, ours_total = spent(ours)
+    base_text, base_total = spent(base)
+    return (
+        f"{name} CPU time per call, all processes",
+        ours_text,
+        "ceiling " + base_text,
+        f"{base_total / ours_total:.3f}" if ours_total else "-",
+        "reported (ceiling/Ledger: the ratio if CPU-bound)",
+    )
 
 
 HEADER = ("scenario", "Ledger", "baseline (same run)", "ratio", "target")
