@@ -42,7 +42,7 @@ import logging
 import random
 from collections import OrderedDict, deque
 from collections.abc import Awaitable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from ledger.application.decider import Decider
@@ -92,6 +92,11 @@ class _Loaded(Generic[S]):
     requests: dict[str, _Request] = field(default_factory=dict)
     requests_from: int = 0
     """`requests` holds every request appended from this version on (0: all of them)."""
+
+    def moved(self, state: S, version: int, position: int) -> _Loaded[S]:
+        """The same stream (and request map) at a later state; built directly, as
+        dataclasses.replace costs several microseconds on every command."""
+        return _Loaded(state, version, position, self.requests, self.requests_from)
 
 
 @dataclass(eq=False)
@@ -434,9 +439,7 @@ class CommandHandler(Generic[S, C, E]):
                 first = requests.get(meta.request_id)
                 start = first.first_version if first else r.version
                 requests[meta.request_id] = _Request(meta.fingerprint, start, r.version, r.position)
-        return replace(
-            loaded, state=state, version=recorded[-1].version, position=recorded[-1].position
-        )
+        return loaded.moved(state, recorded[-1].version, recorded[-1].position)
 
     def _remember(
         self,
@@ -454,12 +457,7 @@ class CommandHandler(Generic[S, C, E]):
             loaded.requests[metadata.request_id] = _Request(
                 metadata.fingerprint, first, version, position
             )
-        done = replace(
-            loaded,
-            state=self._decider.fold(loaded.state, events),
-            version=version,
-            position=position,
-        )
+        done = loaded.moved(self._decider.fold(loaded.state, events), version, position)
         self._keep(stream, done)
         return done
 

@@ -79,9 +79,9 @@ class EventCodec:
             raise UnknownEventType(cls.__name__) from None
 
     def encode(self, event: object) -> tuple[str, bytes]:
-        name = self.type_name(event)
-        body = self._shapes[type(event)].to_json(event)
-        return name, orjson.dumps(body)
+        """orjson writes a dataclass as `DataclassShape.to_json` would (fields in order,
+        datetimes in ISO 8601, enums by value), in C; frozensets go through `_as_json`."""
+        return self.type_name(event), orjson.dumps(event, default=_as_json)
 
     def decode(self, type_name: str, data: bytes) -> object:
         cls = self._by_name.get(type_name)
@@ -140,6 +140,12 @@ def _decoder(hint: Any) -> Callable[[Any], object] | None:
     if get_origin(hint) is frozenset:
         return lambda v: frozenset(v) if isinstance(v, list) else v
     return None
+
+
+def _as_json(value: object) -> object:
+    if isinstance(value, frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def to_json_value(value: object) -> object:
