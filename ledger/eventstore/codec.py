@@ -31,13 +31,7 @@ class EventMetadata:
     causation_id: str = ""
 
     def to_bytes(self) -> bytes:
-        body = {
-            "request_id": self.request_id,
-            "fingerprint": self.fingerprint,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-        }
-        return orjson.dumps(body)
+        return orjson.dumps(self)  # {"request_id": ..., ...}, fields in order
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> EventMetadata:
@@ -47,7 +41,10 @@ class EventMetadata:
             return cls()
         if not isinstance(data, dict):
             return cls()
-        return cls(**{f.name: str(data.get(f.name, "")) for f in dataclasses.fields(cls)})
+        return cls(*(str(data.get(name, "")) for name in _METADATA_FIELDS))
+
+
+_METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(EventMetadata))
 
 
 def event_id_for(stream: str, request_id: str, index: int) -> uuid.UUID:
