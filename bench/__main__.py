@@ -54,8 +54,8 @@ class Profile:
     catchup_cap_s: float  # stop the catch-up here and report the rate so far
 
 
-FULL = Profile("full", 10_000, 2.0, 10.0, 4, 8, 5_000, 100, 100_000, 3, 300, 1_000_000, 300.0)
-QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 3, 100, 100_000, 60.0)
+FULL = Profile("full", 10_000, 2.0, 10.0, 4, 8, 5_000, 100, 100_000, 51, 300, 1_000_000, 300.0)
+QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 21, 100, 100_000, 60.0)
 
 
 def log(message: str) -> None:

@@ -178,17 +178,28 @@ async def long_stream_deposits(
             await _deposit(h, account, 10)
             return (time.perf_counter() - started) * 1000
 
-        out: dict[str, Any] = {}
-        for label, account in (("long", "bulk-0"), ("fresh", fresh)):
+        accounts = {"long": "bulk-0", "fresh": fresh}
+        warm_handlers = {}
+        for label, account in accounts.items():
             # The stream was appended straight into the store, so it has no snapshot yet;
             # a server that had handled it would have one. The first load writes it.
             await _deposit(_handler(store), account, 10)
-            cold = [await timed(_handler(store), account) for _ in range(cold_samples)]
-            warm_handler = _handler(store)
-            await timed(warm_handler, account)  # fills the cache
-            warm = [await timed(warm_handler, account) for _ in range(warm_samples)]
-            out[f"{label}_cold_p50_ms"] = round(statistics.median(cold), 3)
-            out[f"{label}_warm_p50_ms"] = round(statistics.median(warm), 3)
+            warm_handlers[label] = _handler(store)
+            await timed(warm_handlers[label], account)  # fills the cache
+        # Samples alternate between the two accounts, so a machine that slows down or
+        # speeds up meanwhile moves both figures alike and the ratio stays meaningful.
+        samples: dict[str, list[float]] = {
+            f"{label}_{kind}": [] for label in accounts for kind in ("cold", "warm")
+        }
+        for i in range(max(cold_samples, warm_samples)):
+            for label, account in accounts.items():
+                if i < cold_samples:
+                    samples[f"{label}_cold"].append(await timed(_handler(store), account))
+                if i < warm_samples:
+                    samples[f"{label}_warm"].append(await timed(warm_handlers[label], account))
+        out: dict[str, Any] = {
+            f"{key}_p50_ms": round(statistics.median(values), 3) for key, values in samples.items()
+        }
         out["cold_ratio"] = round(out["long_cold_p50_ms"] / out["fresh_cold_p50_ms"], 2)
         out["warm_ratio"] = round(out["long_warm_p50_ms"] / out["fresh_warm_p50_ms"], 2)
         return out
