@@ -76,9 +76,7 @@ class EventCodec:
             raise UnknownEventType(cls.__name__) from None
 
     def encode(self, event: object) -> tuple[str, bytes]:
-        """orjson writes a dataclass as `DataclassShape.to_json` would (fields in order,
-        datetimes in ISO 8601, enums by value), in C; frozensets go through `_as_json`."""
-        return self.type_name(event), orjson.dumps(event, default=_as_json)
+        return self.type_name(event), dumps(event)
 
     def decode(self, type_name: str, data: bytes) -> object:
         cls = self._by_name.get(type_name)
@@ -118,9 +116,6 @@ class DataclassShape:
             name: decoder for name in self.fields if (decoder := _decoder(hints[name])) is not None
         }
 
-    def to_json(self, value: object) -> dict[str, object]:
-        return {name: to_json_value(getattr(value, name)) for name in self.fields}
-
     def from_json(self, body: dict[str, Any]) -> Any:
         """The instance; TypeError (or ValueError) if `body` does not fit the class."""
         for name, decode in self._decoders.items():
@@ -139,17 +134,14 @@ def _decoder(hint: Any) -> Callable[[Any], object] | None:
     return None
 
 
+def dumps(value: object) -> bytes:
+    """JSON of a dataclass (or of a dict or list holding them) as DataclassShape reads it
+    back: fields in order, datetimes in ISO 8601, enums by value, frozensets as sorted
+    lists. orjson writes dataclasses itself, in C; only frozensets need `_as_json`."""
+    return orjson.dumps(value, default=_as_json)
+
+
 def _as_json(value: object) -> object:
     if isinstance(value, frozenset):
         return sorted(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def to_json_value(value: object) -> object:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, frozenset):
-        return sorted(value)
-    return value

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any, Generic, TypeVar
 
-from ledger.eventstore.codec import DataclassShape
+from ledger.eventstore.codec import DataclassShape, dumps
 
 T = TypeVar("T")
 
@@ -29,10 +29,7 @@ class JsonStateCodec(Generic[T]):
         self.schema = hashlib.sha256(described.encode()).hexdigest()[:16]
 
     def encode(self, state: T | None) -> bytes:
-        body = None
-        if state is not None:
-            body = self._shape.to_json(state)
-        return json.dumps({"schema": self.schema, "state": body}, separators=(",", ":")).encode()
+        return dumps({"schema": self.schema, "state": state})
 
     def decode(self, data: bytes) -> T | None:
         """The state; ValueError if `data` is not a state of this schema."""
