@@ -202,24 +202,10 @@ class KurrentDBEventStore:
         and if a server answered without a position. Later appends by others only push
         the event further back, so this pages backwards until it finds it.
         """
-        revision: int | None = None
-        while revision is None or revision >= 0:
-            page = await self._db.get_stream(
-                stream,
-                stream_position=revision,
-                backwards=True,
-                limit=LOCATE_PAGE,
-                timeout=self._deadline,
-            )
-            for recorded in page:
-                if recorded.id == last.event_id:
-                    return AppendResult(
-                        recorded.stream_position, position or recorded.commit_position
-                    )
-            if len(page) < LOCATE_PAGE:
-                break
-            revision = page[-1].stream_position - 1
-        raise RuntimeError(f"appended event {last.event_id} is not in stream {stream!r}")
+        recorded = await self._find(stream, last.event_id, LOCATE_PAGE)
+        if recorded is None:
+            raise RuntimeError(f"appended event {last.event_id} is not in stream {stream!r}")
+        return AppendResult(recorded.stream_position, position or recorded.commit_position)
 
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None
@@ -255,13 +241,21 @@ class KurrentDBEventStore:
 
     async def find_event(self, stream: str, event_id: UUID) -> RecordedEvent | None:
         """Pages backwards from the end: recent requests are found first."""
+        recorded = await self._find(stream, event_id, MAX_BATCH)
+        return None if recorded is None else _to_port(recorded)
+
+    async def _find(
+        self, stream: str, event_id: UUID, page_size: int
+    ) -> KurrentRecordedEvent | None:
+        """The event with this id, read backwards from the end of the stream a page at a
+        time (no index by id: later events only push it further back)."""
         revision: int | None = None
         while revision is None or revision >= 0:
-            page = await self._get(stream, revision, backwards=True, limit=MAX_BATCH)
+            page = await self._get(stream, revision, backwards=True, limit=page_size)
             for recorded in page:
                 if recorded.id == event_id:
-                    return _to_port(recorded)
-            if len(page) < MAX_BATCH:
+                    return recorded
+            if len(page) < page_size:
                 return None
             revision = page[-1].stream_position - 1
         return None
