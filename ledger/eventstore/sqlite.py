@@ -340,12 +340,10 @@ class SqliteEventStore:
         await self._db.write(functools.partial(_write_snapshot, stream=stream, snapshot=snapshot))
 
     async def head_position(self, *, stream_prefixes: Sequence[str] = ()) -> int:
-        prefixes = tuple(stream_prefixes)
         # Newest first along the primary key, stopping at the first match: only the
         # trailing events in other streams are looked at.
-        match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
+        match, parameters = _in_streams(tuple(stream_prefixes))
         sql = f"SELECT position FROM events WHERE {match} ORDER BY position DESC LIMIT 1"
-        parameters = [x for p in prefixes for x in (len(p), p)]
 
         def read(conn: sqlite3.Connection) -> int:
             row = conn.execute(sql, parameters).fetchone()
@@ -400,12 +398,19 @@ class _Window:
     head: int
 
 
+def _in_streams(prefixes: tuple[str, ...]) -> tuple[str, list[str | int]]:
+    """A WHERE condition (and its parameters) for events of streams starting with one of
+    `prefixes`; true for every event if there are none."""
+    match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
+    return match, [x for p in prefixes for x in (len(p), p)]
+
+
 def _read_window(
     conn: sqlite3.Connection, *, after: int, span: int, prefixes: tuple[str, ...]
 ) -> _Window:
     """The wanted streams' events among positions (after, after + span], or up to the head
     if it is nearer, read in one transaction (so `upto` and the events agree)."""
-    match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
+    match, parameters = _in_streams(prefixes)
     conn.execute("BEGIN")
     try:
         head = int(conn.execute("SELECT MAX(position) FROM events").fetchone()[0] or 0)
@@ -413,7 +418,7 @@ def _read_window(
         rows = conn.execute(
             f"SELECT {COLUMNS} FROM events WHERE position > ? AND position <= ? AND ({match})"
             " ORDER BY position",
-            [after, upto, *(x for p in prefixes for x in (len(p), p))],
+            [after, upto, *parameters],
         ).fetchall()
     finally:
         conn.execute("COMMIT")
