@@ -220,9 +220,11 @@ def run_load(load: Load) -> LoadResult:
     last, last_t = 0, time.time()
     pids = [*load.watch, *((f"client-{i}", w.pid or 0) for i, w in enumerate(workers))]
     cpu_at: list[tuple[dict[str, float], tuple[float, float]]] = []
+    marks = [start + load.warmup, end]  # CPU times are read at the window's two ends
     while time.time() < end + 0.5:
-        time.sleep(min(0.5, max(0.01, _next_mark(start + load.warmup, end, len(cpu_at)))))
-        if len(cpu_at) < 2 and time.time() >= (start + load.warmup, end)[len(cpu_at)]:
+        time.sleep(min(0.5, max(0.01, marks[0] - time.time())) if marks else 0.5)
+        if marks and time.time() >= marks[0]:
+            marks.pop(0)
             cpu_at.append(({n: cpu_seconds(p) for n, p in pids}, machine_busy_seconds()))
         now, done = time.time(), sum(progress)
         phase = "starting" if now < start else "warm-up" if now < start + load.warmup else "measure"
@@ -253,12 +255,6 @@ def run_load(load: Load) -> LoadResult:
         client_peak_rss_kib=max(p["rss_kib"] for p in parts),
         cpu_ms_per_call=_cpu_per_call(cpu_at, sum(p["ops"] for p in parts)),
     )
-
-
-def _next_mark(window_start: float, window_end: float, taken: int) -> float:
-    """Seconds until the next CPU sample is due (window start, then end)."""
-    marks = (window_start, window_end)
-    return marks[taken] - time.time() if taken < 2 else 0.5
 
 
 def _cpu_per_call(
