@@ -3,7 +3,7 @@
 Eight accounts, a few hundred concurrent random transfers, deposits and withdrawals
 through the real gRPC stubs, many bound to fail (insufficient funds; two destinations
 closed mid-run, so credits decided before a close are refused and refunded), and the
-command server SIGKILLed halfway and restarted on the same port and data. Clients
+command servers SIGKILLed halfway and restarted on the same ports and data. Clients
 retry an unanswered call with the same request id, as a real client would, so every
 operation ends acknowledged or refused. Once the log is quiet:
 
@@ -11,6 +11,13 @@ operation ends acknowledged or refused. Once the log is quiet:
 - the balances sum to the acknowledged deposits minus the acknowledged withdrawals,
   and none is negative;
 - each account's view equals a replay of its stream from the event log file.
+
+The transfer process manager runs in a second command server (the clients' one has
+LEDGER_TRANSFER_PROCESSOR=off), so that the test can stop it while it closes an
+account behind a transfer's debit: the close then certainly lands before that
+transfer's credit, which is refused and refunded. With the process manager in the
+clients' server, that order would be a race against it (a credit follows its debit
+within a millisecond or two).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from ledger.v1 import account_pb2, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as qry
 from tests.support import CALL_TIMEOUT, LedgerClient, RpcFailure, failure_of
 from tests.support.backends import BACKENDS
-from tests.support.processes import COMMAND_SERVER, Stack
+from tests.support.processes import ALL, COMMAND_SERVER, Stack
 from tests.transfers.client import WAIT_LIMIT, finished, transfer_request
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +68,7 @@ OPERATIONS_PER_WORKER = 40
 AMBIGUOUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Refusals that change nothing, which the workload provokes on purpose.
 EXPECTED_REFUSALS = {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED}
+TRANSFER_PROCESSOR = "transfer_processor"
 FAST_RECONNECT = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
@@ -177,10 +185,22 @@ async def send_bait(client: LedgerClient, books: Books, account_id: str) -> None
     raise AssertionError("no account could pay 1 minor unit")
 
 
-async def empty_and_close(client: LedgerClient, books: Books, account_id: str) -> None:
-    """Withdraw what the view shows, send a bait transfer, and close at the version seen
-    before the bait's credit; again while credits keep landing (ABORTED). The close that
-    succeeds leaves its bait's credit to a closed account: a refund, certainly."""
+async def empty_and_close(
+    client: LedgerClient, books: Books, account_id: str, stack: Stack
+) -> None:
+    """With the process manager stopped (no credit lands meanwhile), withdraw what the
+    view shows, send a bait transfer, and close at the version seen before the bait;
+    again if the view lagged (ABORTED). The bait's credit then finds the account closed:
+    a refund, certainly, once the process manager runs again."""
+    processor = stack[TRANSFER_PROCESSOR]
+    await asyncio.to_thread(processor.stop)
+    try:
+        await _empty_and_close(client, books, account_id)
+    finally:
+        await asyncio.to_thread(processor.start)
+
+
+async def _empty_and_close(client: LedgerClient, books: Books, account_id: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_LIMIT
     attempt = 0
@@ -218,15 +238,17 @@ async def empty_and_close(client: LedgerClient, books: Books, account_id: str) -
 
 
 async def chaos(client: LedgerClient, books: Books, stack: Stack) -> None:
-    """Close a destination, SIGKILL and restart the command server, close another."""
+    """Close a destination, SIGKILL and restart both command servers, close another."""
     await books.when_done(0.25)
-    await empty_and_close(client, books, DOOMED[0])
+    await empty_and_close(client, books, DOOMED[0], stack)
     await books.when_done(0.5)
-    server = stack[COMMAND_SERVER]
-    await asyncio.to_thread(server.kill)
-    await asyncio.to_thread(server.start)
+    servers = [stack[COMMAND_SERVER], stack[TRANSFER_PROCESSOR]]
+    for server in servers:
+        await asyncio.to_thread(server.kill)
+    for server in servers:
+        await asyncio.to_thread(server.start)
     await books.when_done(0.75)
-    await empty_and_close(client, books, DOOMED[1])
+    await empty_and_close(client, books, DOOMED[1], stack)
 
 
 @dataclass(frozen=True)
@@ -305,7 +327,9 @@ def money_moved(events: list[object]) -> dict[str, list[str]]:
 
 @pytest.fixture(params=sorted(BACKENDS))
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    started = Stack(tmp_path, BACKENDS[request.param]).start()
+    started = Stack(tmp_path, BACKENDS[request.param], {"LEDGER_TRANSFER_PROCESSOR": "off"})
+    started.add(TRANSFER_PROCESSOR, COMMAND_SERVER, LEDGER_TRANSFER_PROCESSOR="on")
+    started.start(*ALL, TRANSFER_PROCESSOR)
     try:
         yield started
     finally:
