@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from ledger import commit_signals
 from ledger.errors import Unavailable
 
 T = TypeVar("T")
@@ -139,16 +140,21 @@ class SqliteThreads:
 
 
 class ChangeWatcher:
-    """Tells when another connection committed, by polling `PRAGMA data_version`.
+    """Tells when another connection committed: woken by a commit signal
+    (ledger.commit_signals) where there can be one, confirmed by `PRAGMA data_version`.
 
-    data_version lives in shared memory, so a poll costs microseconds and touches no
-    disk: polling every couple of milliseconds gives near-live latency across
-    processes without a busy loop over the data.
+    data_version lives in shared memory, so a look costs microseconds and touches no
+    disk. With a signal, it is looked at on each signal and every `signalled_interval`
+    seconds besides (for writers that send none); without, every `interval` seconds,
+    which keeps near-live latency at the cost of waking that often.
     """
 
-    def __init__(self, path: Path, *, interval: float = 0.002) -> None:
+    def __init__(
+        self, path: Path, *, interval: float = 0.002, signalled_interval: float = 0.1
+    ) -> None:
         self._conn = connect(path, synchronous="NORMAL")
-        self._interval = interval
+        self._signals = commit_signals.listen(path)
+        self._interval = interval if self._signals is None else max(interval, signalled_interval)
         self._seen = self._version()
 
     def _version(self) -> int:
@@ -160,13 +166,23 @@ class ChangeWatcher:
         loop = asyncio.get_running_loop()
         deadline = None if budget is None else loop.time() + budget
         while True:
+            if self._signals is not None:
+                self._signals.clear()  # a commit after the look below signals anew
             current = self._version()
             if current != self._seen:
                 self._seen = current
                 return True
-            if deadline is not None and loop.time() >= deadline:
-                return False
-            await asyncio.sleep(self._interval)
+            pause = self._interval
+            if deadline is not None:
+                pause = min(pause, deadline - loop.time())
+                if pause <= 0:
+                    return False
+            if self._signals is None:
+                await asyncio.sleep(pause)
+            else:
+                await self._signals.wait(pause)
 
     def close(self) -> None:
+        if self._signals is not None:
+            self._signals.close()
         self._conn.close()

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+from ledger.commit_signals import CommitSignaller
 from ledger.errors import Unavailable, WrongExpectedVersion
 from ledger.eventstore.port import (
     ANY_VERSION,
@@ -193,6 +194,7 @@ class SqliteEventStore:
         self._queue: asyncio.Queue[_PendingAppend | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._signaller = CommitSignaller(path)
 
     @property
     def _db(self) -> SqliteThreads:
@@ -222,6 +224,7 @@ class SqliteEventStore:
         if self._threads is not None:
             self._threads.close()
             self._threads = None
+        self._signaller.close()
 
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int
@@ -249,7 +252,7 @@ class SqliteEventStore:
                     break
                 group.append(item)
             try:
-                outcomes = await self._db.write(functools.partial(_commit_group, group=group))
+                outcomes = await self._db.write(functools.partial(self._commit, group=group))
             except Exception as exc:  # the whole transaction failed: fail every caller
                 for item in group:
                     if not item.future.done():
@@ -269,6 +272,15 @@ class SqliteEventStore:
                     )
                 else:
                     item.future.set_exception(outcome)
+
+    def _commit(
+        self, conn: sqlite3.Connection, group: list[_PendingAppend]
+    ) -> list[AppendResult | BaseException]:
+        """In the writer thread: commit, then wake the subscribers (ledger.commit_signals)
+        before the loop even hears of it."""
+        outcomes = _commit_group(conn, group)
+        self._signaller.send()
+        return outcomes
 
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None

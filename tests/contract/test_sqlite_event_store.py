@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from ledger import commit_signals
 from ledger.errors import Unavailable, WrongExpectedVersion
 from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent, Snapshot
 from ledger.eventstore.sqlite import SqliteEventStore
 from tests.contract.event_store_contract import (
+    TIMEOUT,
     EventStoreContract,
     collect,
     event,
@@ -176,9 +178,27 @@ asyncio.run(main())
 """
 
 
+SIGNALS_ONLY = pytest.param(
+    3600.0,
+    id="woken-by-commit-signals-alone",
+    marks=pytest.mark.skipif(not commit_signals.supported(), reason="Linux only"),
+)
+
+
+@pytest.mark.parametrize("poll_interval", [0.002, SIGNALS_ONLY])
 async def test_a_subscription_sees_another_process_append_live(
-    sqlite_store: SqliteEventStore, tmp_path: Path
+    tmp_path: Path, poll_interval: float
 ) -> None:
+    """With an hour between polls, only the writer's commit signal can wake it in time."""
+    sqlite_store = SqliteEventStore(db_path(tmp_path), poll_interval=poll_interval)
+    await sqlite_store.open()
+    try:
+        await _sees_another_process_append_live(sqlite_store, tmp_path)
+    finally:
+        await sqlite_store.close()
+
+
+async def _sees_another_process_append_live(sqlite_store: SqliteEventStore, tmp_path: Path) -> None:
     prefix = unique()
     first = await sqlite_store.append(f"{prefix}-local", [event()], NO_STREAM)
     remote_id = uuid.uuid4()
@@ -206,6 +226,29 @@ async def test_a_subscription_sees_another_process_append_live(
     assert (got.type, got.data) == ("V1.Remote", b'{"from":"child"}')
     assert got.position == int(out.decode().strip())
     assert got.position > first.position
+
+
+@pytest.mark.skipif(not commit_signals.supported(), reason="Linux only")
+async def test_a_commit_forgets_listeners_that_are_gone_and_no_others(
+    sqlite_store: SqliteEventStore, tmp_path: Path
+) -> None:
+    listening = commit_signals.listen(db_path(tmp_path))
+    assert listening is not None
+    try:
+        directory = commit_signals.listeners_dir(db_path(tmp_path))
+        (alive,) = directory.iterdir()
+        namespace = alive.name.rsplit("-", 1)[0]
+        dead = directory / f"{namespace}-{'0' * 16}"  # registered, then killed: no socket
+        elsewhere = directory / "net:[1]-0123456789abcdef"  # another network namespace
+        dead.touch()
+        elsewhere.touch()
+        listening.clear()
+        await sqlite_store.append(unique(), events(1), NO_STREAM)
+        await asyncio.wait_for(listening.wait(3600), TIMEOUT)  # signalled, not timed out
+        assert sorted(directory.iterdir()) == sorted([alive, elsewhere])
+    finally:
+        listening.close()
+    assert not alive.exists()
 
 
 async def test_a_retried_append_says_it_wrote_nothing(sqlite_store: SqliteEventStore) -> None:
