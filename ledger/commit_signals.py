@@ -1,12 +1,13 @@
 """Wake-ups across processes when an SQLite file gets a commit, instead of fast polling.
 
 Polling `PRAGMA data_version` every 2 ms kept a subscriber near live, but cost each
-idle subscriber about 5 % of a core, and under load about a tenth of a millisecond of
-CPU per event (docs/benchmarks.md). Instead, each process that follows a file listens
-on a datagram socket in Linux's abstract namespace (no path, so no length limit and
-nothing left on disk but its name), registered as an empty file named after it in
+idle subscriber about 5 % of a core. Instead, each process that follows a file has a
+datagram socket in Linux's abstract namespace (no path, so no length limit and nothing
+left on disk but its name), registered as an empty file named after it in
 `<database>.listeners/`. The process that commits sends every listener of its network
-namespace one byte after each commit; a listener wakes, drains what arrived, and looks.
+namespace one byte after each commit. A listener watches its socket only while it
+waits (ledger.sqlite_support.ChangeWatcher waits on it once commits have stopped
+coming), so a signal to a busy one just waits in its queue and wakes nobody.
 
 Nothing depends on a byte arriving. A send that finds a listener's queue full is
 dropped: that listener has wake-ups pending already, and reads everything committed
@@ -31,12 +32,8 @@ from pathlib import Path
 
 log = logging.getLogger("ledger.commit_signals")
 NAME_PREFIX = b"\0ledger-commit-"
-RELIST_EVERY_NS = 1_000_000_000
-"""A sender lists the listeners again at least this often..."""
-COARSE_CLOCK_NS = 50_000_000
-"""...and whenever the directory changed less than this long before the last listing:
-directory times come from a coarse clock (a few ms), so a listener registered in the
-same tick as a listing leaves the time unchanged."""
+RELIST_SECONDS = 0.25
+"""How often a sender lists the listeners again (a new one polls meanwhile)."""
 
 
 def listeners_dir(database: Path) -> Path:
@@ -73,28 +70,37 @@ class CommitListener:
             self._sock.close()
             raise
         self._signalled = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._drain)
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while self._sock.recv(64):
                 pass
+
+    def _on_signal(self) -> None:
+        self._drain()
         self._signalled.set()
 
     def clear(self) -> None:
         """Forget signals so far: call before looking at the database, so that a commit
         after the look is signalled anew."""
+        self._drain()
         self._signalled.clear()
 
     async def wait(self, at_most: float) -> None:
-        """Until a signal arrives (since the last `clear`), or `at_most` seconds pass."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
-                await self._signalled.wait()
+        """Until a signal arrives (since the last `clear`), or `at_most` seconds pass.
+
+        The socket is watched only meanwhile: a signal to a listener that is busy
+        elsewhere waits in its queue, and wakes nobody."""
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._sock.fileno(), self._on_signal)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(at_most):
+                    await self._signalled.wait()
+        finally:
+            loop.remove_reader(self._sock.fileno())
 
     def close(self) -> None:
-        self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         with contextlib.suppress(OSError):
             self._file.unlink()
@@ -115,15 +121,19 @@ def listen(database: Path) -> CommitListener | None:
 
 
 class CommitSignaller:
-    """Sends every listener of one database a byte; called by its single writer thread."""
+    """Sends every listener of one database a byte after a commit.
+
+    Call it on the event loop's thread once the commit's callers have their answers,
+    not in the writer thread: each system call there hands the GIL back and forth, and
+    a thread waiting to take it back behind a busy loop waits up to the switch interval
+    (5 ms) with the writer's callers unanswered."""
 
     def __init__(self, database: Path) -> None:
         self._dir = listeners_dir(database)
         self._prefix = _namespace().replace("/", "_") + "-"
         self._sock: socket.socket | None = None
         self._names: list[str] = []
-        self._seen_mtime = -1
-        self._listed_at = 0
+        self._listed_at = -RELIST_SECONDS
 
     def send(self) -> None:
         """Never raises: a signal is only a hint."""
@@ -149,20 +159,13 @@ class CommitSignaller:
                 continue
 
     def _listeners(self) -> list[str]:
-        now = time.time_ns()
-        try:
-            mtime = self._dir.stat().st_mtime_ns
-        except FileNotFoundError:
-            self._names = []
-            return self._names
-        stale = (
-            mtime != self._seen_mtime
-            or self._listed_at - mtime < COARSE_CLOCK_NS
-            or now - self._listed_at > RELIST_EVERY_NS
-        )
-        if stale:
-            self._listed_at, self._seen_mtime = now, mtime
-            self._names = [n for n in os.listdir(self._dir) if n.startswith(self._prefix)]
+        now = time.monotonic()
+        if now - self._listed_at > RELIST_SECONDS:
+            self._listed_at = now
+            try:
+                self._names = [n for n in os.listdir(self._dir) if n.startswith(self._prefix)]
+            except FileNotFoundError:
+                self._names = []
         return self._names
 
     def _forget(self, name: str) -> None:

@@ -252,7 +252,7 @@ class SqliteEventStore:
                     break
                 group.append(item)
             try:
-                outcomes = await self._db.write(functools.partial(self._commit, group=group))
+                outcomes = await self._db.write(functools.partial(_commit_group, group=group))
             except Exception as exc:  # the whole transaction failed: fail every caller
                 for item in group:
                     if not item.future.done():
@@ -272,15 +272,7 @@ class SqliteEventStore:
                     )
                 else:
                     item.future.set_exception(outcome)
-
-    def _commit(
-        self, conn: sqlite3.Connection, group: list[_PendingAppend]
-    ) -> list[AppendResult | BaseException]:
-        """In the writer thread: commit, then wake the subscribers (ledger.commit_signals)
-        before the loop even hears of it."""
-        outcomes = _commit_group(conn, group)
-        self._signaller.send()
-        return outcomes
+            self._signaller.send()  # subscribers wake (ledger.commit_signals)
 
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None

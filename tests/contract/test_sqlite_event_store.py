@@ -15,6 +15,7 @@ from ledger import commit_signals
 from ledger.errors import Unavailable, WrongExpectedVersion
 from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent, Snapshot
 from ledger.eventstore.sqlite import SqliteEventStore
+from ledger.sqlite_support import ChangeWatcher
 from tests.contract.event_store_contract import (
     TIMEOUT,
     EventStoreContract,
@@ -163,6 +164,7 @@ import asyncio, sys, uuid
 from pathlib import Path
 from ledger.eventstore.port import NO_STREAM, NewEvent
 from ledger.eventstore.sqlite import SqliteEventStore
+from ledger.sqlite_support import ChangeWatcher
 
 async def main() -> None:
     store = SqliteEventStore(Path(sys.argv[1]))
@@ -276,3 +278,31 @@ async def test_a_snapshot_survives_a_reopen(tmp_path: Path) -> None:
         assert await reopened.read_snapshot(stream) == Snapshot(0, result.position, b"kept")
     finally:
         await reopened.close()
+
+
+@pytest.mark.skipif(not commit_signals.supported(), reason="Linux only")
+async def test_an_idle_watcher_stops_polling_and_still_sees_a_commit(
+    sqlite_store: SqliteEventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watcher = ChangeWatcher(db_path(tmp_path), interval=0.002)
+    looks = 0
+    look = watcher._version
+
+    def counted() -> int:
+        nonlocal looks
+        looks += 1
+        return look()
+
+    monkeypatch.setattr(watcher, "_version", counted)
+    try:
+        await sqlite_store.append(unique(), events(1), NO_STREAM)
+        assert await watcher.wait(budget=TIMEOUT)  # seen: it polls while commits come
+        looks = 0
+        assert not await watcher.wait(budget=2.0)
+        assert looks < 100  # polling every 2 ms throughout would look about 1,000 times
+        waiting = asyncio.create_task(watcher.wait(budget=3600))
+        await asyncio.sleep(0.2)
+        await sqlite_store.append(unique(), events(1), NO_STREAM)
+        assert await asyncio.wait_for(waiting, TIMEOUT)
+    finally:
+        watcher.close()
