@@ -2,9 +2,13 @@
 
 It wakes every waiting call and every watch stream when the checkpoint moves, so a
 thousand waiting queries or watchers cost one poll, and the poll runs only while
-someone waits or watches. A watcher reads what changed for it itself, from the views,
-on each wake-up: nothing is buffered per watcher, and a slow one only reads more
-rows next time, never holding up the others or the projector.
+someone waits or watches. Where the view store can tell when it changed (`changes`:
+for SQLite, ledger.sqlite_support.ChangeWatcher), the follower waits on that instead
+of polling every `interval`: an open watch stream on a quiet ledger then costs next to
+nothing, where the 2 ms poll cost the query server about 7 % of a core. A watcher
+reads what changed for it itself, from the views, on each wake-up: nothing is buffered
+per watcher, and a slow one only reads more rows next time, never holding up the
+others or the projector.
 """
 
 from __future__ import annotations
@@ -12,19 +16,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from ledger.errors import Unavailable
 
 PROJECTION_BEHIND = "PROJECTION_BEHIND"
+RECHECK = 0.5
+"""Seconds a follower waiting on `changes` goes without looking who still waits."""
 SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
+
+
+class Changes(Protocol):
+    async def wait(self, budget: float | None = None) -> bool:
+        """Return once the store may have changed (True), or after `budget` (False)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class CheckpointFollower:
     def __init__(
-        self, read_position: Callable[[], Awaitable[int]], *, interval: float = 0.002
+        self,
+        read_position: Callable[[], Awaitable[int]],
+        *,
+        interval: float = 0.002,
+        changes: Callable[[], Changes] | None = None,
     ) -> None:
+        """`changes` makes what tells when the store changed (made on first use, kept
+        until `close_watches`); without it, the follower polls every `interval`."""
         self._read_position = read_position
         self._interval = interval
+        self._new_changes = changes
+        self._changes: Changes | None = None
         self.position = 0
         self._changed = asyncio.Condition()
         self._waiters = 0
@@ -52,11 +75,19 @@ class CheckpointFollower:
 
     async def _poll(self) -> None:
         try:
-            while self._waiters or self._watchers:
+            if self._changes is None and self._new_changes is not None:
+                self._changes = self._new_changes()
+            while self._waiters or self._watchers:  # waiters still finish in a drain
                 await self.refresh()
-                await asyncio.sleep(self._interval)
+                if self._changes is None:
+                    await asyncio.sleep(self._interval)
+                else:
+                    await self._changes.wait(RECHECK)
         finally:
             self._poller = None
+            if self._closing and self._changes is not None:
+                self._changes.close()
+                self._changes = None
 
     def _ensure_polling(self) -> None:
         if self._poller is None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import orjson
 
+from ledger.commit_signals import CommitSignaller
 from ledger.errors import Unavailable
-from ledger.sqlite_support import SqliteThreads, write_transaction
+from ledger.sqlite_support import ChangeWatcher, SqliteThreads, write_transaction
 from ledger.views.coalesce import folded, runs
 from ledger.views.port import (
     KEY,
@@ -136,6 +137,7 @@ class SqliteViewStore:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._threads: SqliteThreads | None = None
+        self._signaller = CommitSignaller(path)
 
     @property
     def _db(self) -> SqliteThreads:
@@ -159,6 +161,12 @@ class SqliteViewStore:
         if self._threads is not None:
             self._threads.close()
             self._threads = None
+        self._signaller.close()
+
+    def change_watcher(self) -> ChangeWatcher:
+        """Wakes when another process commits here (a projector's batch, its status):
+        what a reader waiting for a checkpoint waits on, instead of polling it."""
+        return ChangeWatcher(self._path)
 
     async def create(self, collections: Sequence[Collection]) -> None:
         script = "\n".join(_schema(c) for c in collections)
@@ -198,6 +206,7 @@ class SqliteViewStore:
                 )
 
         await self._db.write(write)
+        self._signaller.send()  # readers waiting for this checkpoint wake
 
     async def checkpoint(self, name: str) -> int:
         def read(conn: sqlite3.Connection) -> int:

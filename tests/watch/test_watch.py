@@ -66,7 +66,8 @@ class WatchedLedger(InProcessLedger):
             self.reads.append(task.get_name() if task else "")
             return await views.checkpoint(projection.checkpoint_name)
 
-        self.follower = CheckpointFollower(read_position)
+        # As the query server wires it for SQLite: woken by the projector's commits.
+        self.follower = CheckpointFollower(read_position, changes=views.change_watcher)
         self.servicer = AccountQueryServicer(views, self.follower, max_wait=self.max_wait)
         server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
         account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
@@ -292,6 +293,23 @@ async def test_two_hundred_watchers_share_one_poll(
     async with asyncio.timeout(GUARD):
         while follower.polling or follower.watchers:  # noqa: ASYNC110 (nothing to await)
             await asyncio.sleep(0.01)  # the poll stops with the last watcher
+
+
+async def test_an_idle_watch_stream_waits_for_commits_instead_of_polling(
+    ledger: WatchedLedger, client: LedgerClient
+) -> None:
+    account_id = new_id()
+    opened = await client.open(account_id)
+    await client.account(account_id, min_position=opened.position)
+    watcher = watch(client, account_id)
+    await watcher.reach(opened.position)
+    await asyncio.sleep(0.5)  # the projector's status saves aside, nothing commits
+    reads = len(ledger.reads)
+    await asyncio.sleep(1.0)
+    assert len(ledger.reads) - reads < 50  # polling every 2 ms would read about 500 times
+    deposited = await client.deposit(account_id, 7)
+    await watcher.reach(deposited.position)  # and a commit still wakes it
+    await watcher.cancel()
 
 
 async def test_a_watcher_that_stops_reading_holds_back_no_one(
