@@ -132,6 +132,9 @@ class CheckpointFollower:
     async def close_watches(self) -> None:
         """End every watch stream (and refuse new ones): the server is shutting down."""
         self._closing = True
+        if self._poller is None and self._changes is not None:  # else the poll closes it
+            self._changes.close()
+            self._changes = None
         async with self._changed:
             self._changed.notify_all()
 

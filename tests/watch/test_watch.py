@@ -484,3 +484,43 @@ async def test_real_processes_stream_changes_and_end_on_sigterm(
             assert not [r for r in logged if r.get("level") in ("error", "critical")], logged
     finally:
         stack.close()
+
+
+class CountedChanges:
+    """A stand-in for the view store's change watcher: wakes at once, knows if closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def wait(self, budget: float | None = None) -> bool:
+        await asyncio.sleep(0.001)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_follower_closes_its_change_watcher_on_shutdown_whether_or_not_it_polls() -> None:
+    position = 0
+
+    async def read_position() -> int:
+        return position
+
+    made: list[CountedChanges] = []
+
+    def changes() -> CountedChanges:
+        made.append(CountedChanges())
+        return made[-1]
+
+    follower = CheckpointFollower(read_position, changes=changes)
+    waiting = asyncio.create_task(follower.wait_for(5, budget=GUARD))
+    await asyncio.sleep(0.05)
+    position = 5
+    assert await waiting
+    async with asyncio.timeout(GUARD):
+        while follower.polling:  # noqa: ASYNC110 (nothing to await)
+            await asyncio.sleep(0.01)
+    assert len(made) == 1
+    assert not made[0].closed  # kept for the next waiter
+    await follower.close_watches()
+    assert made[0].closed
