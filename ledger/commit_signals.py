@@ -41,9 +41,10 @@ def listeners_dir(database: Path) -> Path:
 
 
 def _namespace() -> str:
-    """The network namespace: abstract socket names are only visible within one."""
+    """The network namespace (abstract socket names are only visible within one), as it
+    starts a listener's name."""
     try:
-        return os.readlink("/proc/self/ns/net")
+        return os.readlink("/proc/self/ns/net").replace("/", "_")
     except OSError:
         return ""
 
@@ -57,14 +58,14 @@ class CommitListener:
 
     def __init__(self, database: Path) -> None:
         """Raises OSError if it cannot listen (see `listen`)."""
-        self._token = f"{_namespace()}-{secrets.token_hex(8)}".replace("/", "_")
+        token = f"{_namespace()}-{secrets.token_hex(8)}"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._sock.setblocking(False)
-            self._sock.bind(NAME_PREFIX + self._token.encode())
+            self._sock.bind(NAME_PREFIX + token.encode())
             directory = listeners_dir(database)
             directory.mkdir(exist_ok=True)
-            self._file = directory / self._token
+            self._file = directory / token
             self._file.touch()
         except BaseException:
             self._sock.close()
@@ -130,7 +131,7 @@ class CommitSignaller:
 
     def __init__(self, database: Path) -> None:
         self._dir = listeners_dir(database)
-        self._prefix = _namespace().replace("/", "_") + "-"
+        self._prefix = _namespace() + "-"
         self._sock: socket.socket | None = None
         self._names: list[str] = []
         self._listed_at = -RELIST_SECONDS

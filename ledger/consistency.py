@@ -85,9 +85,13 @@ class CheckpointFollower:
                     await self._changes.wait(RECHECK)
         finally:
             self._poller = None
-            if self._closing and self._changes is not None:
-                self._changes.close()
-                self._changes = None
+            if self._closing:
+                self._close_changes()
+
+    def _close_changes(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
 
     def _ensure_polling(self) -> None:
         if self._poller is None:
@@ -132,9 +136,8 @@ class CheckpointFollower:
     async def close_watches(self) -> None:
         """End every watch stream (and refuse new ones): the server is shutting down."""
         self._closing = True
-        if self._poller is None and self._changes is not None:  # else the poll closes it
-            self._changes.close()
-            self._changes = None
+        if self._poller is None:  # else the poll closes it when it ends
+            self._close_changes()
         async with self._changed:
             self._changed.notify_all()
 

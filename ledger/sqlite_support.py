@@ -178,22 +178,23 @@ class ChangeWatcher:
         deadline = None if budget is None else loop.time() + budget
         while True:
             now = loop.time()
-            quiet = self._signals is not None and now - self._changed_at >= QUIET
-            if quiet and self._signals is not None:
-                self._signals.clear()  # a commit after the look below signals anew
+            # Quiet for QUIET seconds: wait for a signal (if there can be one), not the poll.
+            signals = self._signals if now - self._changed_at >= QUIET else None
+            if signals is not None:
+                signals.clear()  # a commit after the look below signals anew
             current = self._version()
             if current != self._seen:
                 self._seen, self._changed_at = current, now
                 return True
-            pause = self._idle_interval if quiet else self._interval
+            pause = self._interval if signals is None else self._idle_interval
             if deadline is not None:
                 pause = min(pause, deadline - now)
                 if pause <= 0:
                     return False
-            if quiet and self._signals is not None:
-                await self._signals.wait(pause)
-            else:
+            if signals is None:
                 await asyncio.sleep(pause)
+            else:
+                await signals.wait(pause)
 
     def close(self) -> None:
         if self._signals is not None:
