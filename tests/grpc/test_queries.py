@@ -67,9 +67,7 @@ async def test_read_your_writes_without_sleeping(client: LedgerClient) -> None:
 async def test_a_query_waits_for_the_projector_to_reach_min_position(
     ledger: InProcessLedger, client: LedgerClient
 ) -> None:
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, _ = await client.open_shown()
     await ledger.stop_projector()
     deposited = await client.deposit(account_id, 99)
 

@@ -109,6 +109,13 @@ class LedgerClient:
             timeout=CALL_TIMEOUT,
         )
 
+    async def open_shown(self) -> tuple[str, cmd.OpenAccountResponse]:
+        """A new account's id and opening, once the views show it (so that a query or a
+        watch finds it)."""
+        opened = await self.open()
+        await self.account(opened.account_id, min_position=opened.position)
+        return opened.account_id, opened
+
     async def deposit(
         self,
         account_id: str,

@@ -222,9 +222,7 @@ async def check_against_queries(
 async def test_changes_stream_in_order_complete_and_equal_to_the_queries(
     client: LedgerClient,
 ) -> None:
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, opened = await client.open_shown()
     watcher = watch(client, account_id)
     await watcher.reach(opened.position)  # the current state first
     positions = await history(client, account_id)
@@ -270,9 +268,7 @@ async def test_two_hundred_watchers_share_one_poll(
 ) -> None:
     follower = ledger.follower
     assert follower is not None
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, opened = await client.open_shown()
     watchers = [watch(client, account_id) for _ in range(WATCHERS)]
     await asyncio.gather(*(w.reach(opened.position) for w in watchers))
     assert follower.watchers == WATCHERS
@@ -298,9 +294,7 @@ async def test_two_hundred_watchers_share_one_poll(
 async def test_an_idle_watch_stream_waits_for_commits_instead_of_polling(
     ledger: WatchedLedger, client: LedgerClient
 ) -> None:
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, opened = await client.open_shown()
     watcher = watch(client, account_id)
     await watcher.reach(opened.position)
     await asyncio.sleep(0.5)  # the projector's status saves aside, nothing commits
@@ -315,9 +309,7 @@ async def test_an_idle_watch_stream_waits_for_commits_instead_of_polling(
 async def test_a_watcher_that_stops_reading_holds_back_no_one(
     ledger: WatchedLedger, client: LedgerClient
 ) -> None:
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, opened = await client.open_shown()
     # A channel of its own without BDP probing, so its flow-control window stays small
     # and the server's writes to it block once it is full.
     options = [*CHANNEL_OPTIONS, ("grpc.http2.bdp_probe", 0)]
@@ -357,9 +349,7 @@ async def test_streams_end_when_the_server_shuts_down(
 ) -> None:
     assert ledger.servicer is not None
     assert ledger.query_server is not None
-    account_id = new_id()
-    opened = await client.open(account_id)
-    await client.account(account_id, min_position=opened.position)
+    account_id, opened = await client.open_shown()
     watchers = [watch(client, account_id) for _ in range(5)]
     await asyncio.gather(*(w.reach(opened.position) for w in watchers))
 
@@ -456,9 +446,7 @@ async def test_real_processes_stream_changes_and_end_on_sigterm(
     try:
         stack.start()
         async with connect(stack.command_target, stack.query_target) as client:
-            account_id = new_id()
-            opened = await client.open(account_id)
-            await client.account(account_id, min_position=opened.position)
+            account_id, opened = await client.open_shown()
             watcher = watch(client, account_id)
             await watcher.reach(opened.position)
             positions = await history(client, account_id)
