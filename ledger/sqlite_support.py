@@ -109,16 +109,16 @@ class SqliteThreads:
 
         Only for reads bounded in size (a lookup by key, a page of rows): a long read
         would hold up every other task on the loop. Use `read` for the rest."""
-        with self._outages():
+        with self.outages():
             return fn(self._connection(LOOP_BUSY_TIMEOUT))
 
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
-        with self._outages():
+        with self.outages():
             return await loop.run_in_executor(pool, lambda: fn(self._connection()))
 
     @contextlib.contextmanager
-    def _outages(self) -> Iterator[None]:
+    def outages(self) -> Iterator[None]:
         """Turn a store that cannot be used now into Unavailable (retryable), and only that."""
         try:
             yield

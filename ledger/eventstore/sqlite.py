@@ -1,8 +1,10 @@
 """The embedded event store: one SQLite file in WAL mode.
 
 Concurrent appends are group-committed: whatever is queued when the writer thread
-becomes free goes into one transaction (each append in its own savepoint, so one
-append's conflict never affects another), and one fsync acknowledges them all.
+becomes free goes into one transaction, and one fsync acknowledges them all. The
+writer thread takes the next group itself, without waiting for the event loop, and
+writes a group in a handful of statements (each one costs it a wait for the GIL, held
+by the busy loop under load); one append's conflict never affects another's outcome.
 
 Snapshots live in their own table, one row per stream, outside the log: the projector
 never sees them. They are committed without an fsync of their own (the next append's
@@ -14,11 +16,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
+
+import orjson
 
 from ledger.commit_signals import CommitSignaller
 from ledger.errors import Unavailable, WrongExpectedVersion
@@ -84,6 +90,30 @@ class _PendingAppend:
     future: asyncio.Future[AppendResult] = field(repr=False)
 
 
+@dataclass
+class _PendingSnapshot:
+    stream: str
+    snapshot: Snapshot
+    future: asyncio.Future[AppendResult | None] = field(repr=False)
+
+
+_Pending = _PendingAppend | _PendingSnapshot
+_Outcome = AppendResult | None | BaseException
+_Row = tuple[str, str, int, str, bytes, bytes, str]
+
+PROBE = """
+SELECT (SELECT count(*) FROM events WHERE event_id IN (SELECT value FROM json_each(?1))),
+       (SELECT json_group_object(value, (SELECT MAX(version) FROM events WHERE stream = value))
+        FROM json_each(?2))
+"""
+"""How many of these event ids are stored, and each of these streams' current version
+(null if none), in one statement: each statement is a release and a re-take of the GIL
+by the writer thread, which under load waits for the event loop's thread."""
+
+INSERT_ROWS = 500
+"""Events per INSERT statement (seven parameters each)."""
+
+
 def _current_version(conn: sqlite3.Connection, stream: str) -> int:
     row = conn.execute("SELECT MAX(version) FROM events WHERE stream = ?", (stream,)).fetchone()
     return NO_STREAM if row[0] is None else int(row[0])
@@ -111,6 +141,68 @@ def _already_appended(
     raise WrongExpectedVersion(stream, expected, _current_version(conn, stream))
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO events (event_id, stream, version, type, data, metadata, recorded_at)"
+        f" VALUES {values}"
+    )
+
+
+def _rows(stream: str, events: Sequence[NewEvent], current: int, now: str) -> list[_Row]:
+    """The events' rows, at the versions after `current`."""
+    return [
+        (str(e.event_id), stream, current + offset, e.type, e.data, e.metadata, now)
+        for offset, e in enumerate(events, start=1)
+    ]
+
+
+def _insert(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[int]:
+    """Insert the rows in this order; their positions. One statement's rows take
+    consecutive positions (AUTOINCREMENT: one more than the largest ever given), so
+    the last one's tells them all."""
+    positions: list[int] = []
+    for start in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[start : start + INSERT_ROWS]
+        last = int(
+            conn.execute(_insert_sql(len(chunk)), [v for r in chunk for v in r]).lastrowid or 0
+        )
+        positions.extend(range(last - len(chunk) + 1, last + 1))
+    return positions
+
+
+def _append_fresh(
+    conn: sqlite3.Connection, appends: Sequence[_PendingAppend], now: str
+) -> list[_Outcome] | None:
+    """Every append of the group in a handful of statements, if none of their event ids
+    is stored yet or repeated among them (the common case); None otherwise, and then
+    `_append_one` takes them one at a time."""
+    ids = [str(e.event_id) for a in appends for e in a.events]
+    if len(set(ids)) != len(ids):
+        return None
+    streams = list(dict.fromkeys(a.stream for a in appends))
+    stored, current = conn.execute(PROBE, (orjson.dumps(ids), orjson.dumps(streams))).fetchone()
+    if stored:
+        return None
+    versions = {s: NO_STREAM if v is None else int(v) for s, v in orjson.loads(current).items()}
+    rows: list[_Row] = []
+    done: list[tuple[int, int] | WrongExpectedVersion] = []  # (version, row) of each last event
+    for a in appends:
+        version = versions[a.stream]
+        if a.expected_version not in (ANY_VERSION, version):
+            done.append(WrongExpectedVersion(a.stream, a.expected_version, version))
+            continue
+        rows += _rows(a.stream, a.events, version, now)
+        versions[a.stream] = version + len(a.events)
+        done.append((versions[a.stream], len(rows) - 1))
+    positions = _insert(conn, rows)
+    return [
+        d if isinstance(d, WrongExpectedVersion) else AppendResult(d[0], positions[d[1]])
+        for d in done
+    ]
+
+
 def _append_one(conn: sqlite3.Connection, item: _PendingAppend, now: str) -> AppendResult:
     previous = _already_appended(conn, item.stream, item.events, item.expected_version)
     if previous is not None:
@@ -118,23 +210,8 @@ def _append_one(conn: sqlite3.Connection, item: _PendingAppend, now: str) -> App
     current = _current_version(conn, item.stream)
     if item.expected_version != ANY_VERSION and item.expected_version != current:
         raise WrongExpectedVersion(item.stream, item.expected_version, current)
-    position = 0
-    for offset, event in enumerate(item.events, start=1):
-        cursor = conn.execute(
-            "INSERT INTO events (event_id, stream, version, type, data, metadata, recorded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                str(event.event_id),
-                item.stream,
-                current + offset,
-                event.type,
-                event.data,
-                event.metadata,
-                now,
-            ),
-        )
-        position = int(cursor.lastrowid or 0)
-    return AppendResult(version=current + len(item.events), position=position)
+    positions = _insert(conn, _rows(item.stream, item.events, current, now))
+    return AppendResult(version=current + len(item.events), position=positions[-1])
 
 
 def _read_stream(
@@ -155,35 +232,49 @@ def _read_snapshot(conn: sqlite3.Connection, stream: str) -> Snapshot | None:
 
 
 def _write_snapshot(conn: sqlite3.Connection, stream: str, snapshot: Snapshot) -> None:
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        conn.execute(
-            "INSERT INTO snapshots (stream, version, position, data) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
-            " position = excluded.position, data = excluded.data"
-            " WHERE excluded.version > snapshots.version",
-            (stream, snapshot.version, snapshot.position, snapshot.data),
-        )
-    finally:
-        conn.execute("PRAGMA synchronous=FULL")  # every append stays fsync'd
+    conn.execute(
+        "INSERT INTO snapshots (stream, version, position, data) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (stream) DO UPDATE SET version = excluded.version,"
+        " position = excluded.position, data = excluded.data"
+        " WHERE excluded.version > snapshots.version",
+        (stream, snapshot.version, snapshot.position, snapshot.data),
+    )
 
 
-def _commit_group(
-    conn: sqlite3.Connection, group: list[_PendingAppend]
-) -> list[AppendResult | BaseException]:
+def _commit_group(conn: sqlite3.Connection, group: Sequence[_Pending]) -> list[_Outcome]:
+    """One transaction for the group; an outcome per item, in order. A conflict is the
+    outcome of its own append alone (each is checked, or else run in a savepoint).
+    Snapshots ride along; a group of only snapshots commits without an fsync (one lost
+    in a crash only means a replay)."""
+    appends = [p for p in group if isinstance(p, _PendingAppend)]
     now = datetime.now(UTC).isoformat()
-    outcomes: list[AppendResult | BaseException] = []
-    with write_transaction(conn):
-        for item in group:
-            conn.execute("SAVEPOINT one_append")
-            try:
-                outcomes.append(_append_one(conn, item, now))
-                conn.execute("RELEASE one_append")
-            except (WrongExpectedVersion, sqlite3.IntegrityError) as exc:
-                conn.execute("ROLLBACK TO one_append")
-                conn.execute("RELEASE one_append")
-                outcomes.append(exc)
-    return outcomes
+    if not appends:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with write_transaction(conn):
+            outcomes = _append_fresh(conn, appends, now) if appends else []
+            if outcomes is None:
+                outcomes = [_append_in_savepoint(conn, a, now) for a in appends]
+            for p in group:
+                if isinstance(p, _PendingSnapshot):
+                    _write_snapshot(conn, p.stream, p.snapshot)
+    finally:
+        if not appends:
+            conn.execute("PRAGMA synchronous=FULL")  # every append stays fsync'd
+    results = iter(outcomes)
+    return [next(results) if isinstance(p, _PendingAppend) else None for p in group]
+
+
+def _append_in_savepoint(conn: sqlite3.Connection, item: _PendingAppend, now: str) -> _Outcome:
+    conn.execute("SAVEPOINT one_append")
+    try:
+        result = _append_one(conn, item, now)
+    except (WrongExpectedVersion, sqlite3.IntegrityError) as exc:
+        conn.execute("ROLLBACK TO one_append")
+        conn.execute("RELEASE one_append")
+        return exc
+    conn.execute("RELEASE one_append")
+    return result
 
 
 class SqliteEventStore:
@@ -191,10 +282,15 @@ class SqliteEventStore:
         self._path = path
         self._poll_interval = poll_interval
         self._threads: SqliteThreads | None = None
-        self._queue: asyncio.Queue[_PendingAppend | None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
         self._signaller = CommitSignaller(path)
+        # Group commit: appends (and snapshots) wait here; the writer thread takes all
+        # that wait whenever it is free, and keeps on while any are left, so under load
+        # it never waits for the event loop between two commits.
+        self._pending: deque[_Pending] = deque()
+        self._pending_lock = threading.Lock()
+        self._writing = False  # the writer thread is on it (or about to be)
+        self._writer: asyncio.Future[None] | None = None
+        self._closing = False
 
     @property
     def _db(self) -> SqliteThreads:
@@ -210,15 +306,12 @@ class SqliteEventStore:
             threads.close()  # a retried open must not leak threads and connections
             raise
         self._threads = threads
-        self._queue = asyncio.Queue()
         self._closing = False
-        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-event-writer")
 
     async def close(self) -> None:
         """Refuse new appends, let every queued one commit and answer, then stop."""
-        if self._writer is not None and self._queue is not None:
-            self._closing = True
-            await self._queue.put(None)
+        self._closing = True
+        if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         if self._threads is not None:
@@ -231,48 +324,68 @@ class SqliteEventStore:
     ) -> AppendResult:
         if not events:
             raise ValueError("an append needs at least one event")
-        if self._queue is None or self._closing:
-            raise Unavailable("the event store is not open")
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_PendingAppend(stream, events, expected_version, future))
+        self._enqueue(_PendingAppend(stream, events, expected_version, future))
         return await future
 
-    async def _write_loop(self) -> None:
-        assert self._queue is not None
-        closing = False
-        while not closing:
-            first = await self._queue.get()
-            if first is None:
+    async def write_snapshot(self, stream: str, snapshot: Snapshot) -> None:
+        future: asyncio.Future[AppendResult | None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_PendingSnapshot(stream, snapshot, future))
+        await future
+
+    def _enqueue(self, item: _Pending) -> None:
+        if self._threads is None or self._closing:
+            raise Unavailable("the event store is not open")
+        with self._pending_lock:
+            self._pending.append(item)
+            if self._writing:
                 return
-            group = [first]
-            while not self._queue.empty() and len(group) < MAX_GROUP:
-                item = self._queue.get_nowait()
-                if item is None:
-                    closing = True
-                    break
-                group.append(item)
+            self._writing = True
+        loop = asyncio.get_running_loop()
+        writer = asyncio.ensure_future(self._db.write(functools.partial(self._write, loop=loop)))
+        writer.add_done_callback(self._writer_stopped)
+        self._writer = writer
+
+    def _write(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        """On the writer thread: commit what waits, a group at a time, until none does."""
+        while True:
+            with self._pending_lock:
+                if not self._pending:
+                    self._writing = False
+                    return
+                take = min(len(self._pending), MAX_GROUP)
+                group = [self._pending.popleft() for _ in range(take)]
+            outcomes: list[_Outcome]
             try:
-                outcomes = await self._db.write(functools.partial(_commit_group, group=group))
+                with self._db.outages():
+                    outcomes = _commit_group(conn, group)
             except Exception as exc:  # the whole transaction failed: fail every caller
-                for item in group:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                outcomes = [exc] * len(group)
+            loop.call_soon_threadsafe(self._answer, group, outcomes)
+
+    def _writer_stopped(self, writer: asyncio.Future[None]) -> None:
+        """If the writer thread could not start (no connection), fail what waits."""
+        if writer.cancelled() or writer.exception() is None:
+            return
+        with self._pending_lock:
+            group, self._pending = list(self._pending), deque()
+            self._writing = False
+        self._answer(group, [writer.exception() or Unavailable("no writer")] * len(group))
+
+    def _answer(self, group: Sequence[_Pending], outcomes: Sequence[_Outcome]) -> None:
+        """On the loop's thread: each caller hears its own outcome."""
+        for item, outcome in zip(group, outcomes, strict=True):
+            if item.future.done():  # its caller gave up
                 continue
-            for item, outcome in zip(group, outcomes, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(outcome, AppendResult):
-                    item.future.set_result(outcome)
-                elif isinstance(outcome, sqlite3.IntegrityError):
-                    current = self._db.read_now(
-                        functools.partial(_current_version, stream=item.stream)
-                    )
-                    item.future.set_exception(
-                        WrongExpectedVersion(item.stream, item.expected_version, current)
-                    )
-                else:
-                    item.future.set_exception(outcome)
-            self._signaller.send()  # subscribers wake (ledger.commit_signals)
+            if isinstance(outcome, sqlite3.IntegrityError) and isinstance(item, _PendingAppend):
+                # Another append of the group took its ids or versions first.
+                current = self._db.read_now(functools.partial(_current_version, stream=item.stream))
+                outcome = WrongExpectedVersion(item.stream, item.expected_version, current)
+            if isinstance(outcome, BaseException):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)  # type: ignore[arg-type]
+        self._signaller.send()  # subscribers wake (ledger.commit_signals)
 
     async def read_stream(
         self, stream: str, from_version: int = 0, limit: int | None = None
@@ -339,9 +452,6 @@ class SqliteEventStore:
 
         snapshot, events = self._db.read_now(read)
         return snapshot, await self._read_rest(stream, events, INLINE_ROWS, None)
-
-    async def write_snapshot(self, stream: str, snapshot: Snapshot) -> None:
-        await self._db.write(functools.partial(_write_snapshot, stream=stream, snapshot=snapshot))
 
     async def head_position(self, *, stream_prefixes: Sequence[str] = ()) -> int:
         # Newest first along the primary key, stopping at the first match: only the

@@ -13,7 +13,7 @@ import pytest
 
 from ledger import commit_signals
 from ledger.errors import Unavailable, WrongExpectedVersion
-from ledger.eventstore.port import NO_STREAM, EventStore, NewEvent, Snapshot
+from ledger.eventstore.port import ANY_VERSION, NO_STREAM, EventStore, NewEvent, Snapshot
 from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.sqlite_support import ChangeWatcher
 from tests.contract.event_store_contract import (
@@ -261,6 +261,60 @@ async def test_a_retried_append_says_it_wrote_nothing(sqlite_store: SqliteEventS
     assert (first.deduplicated, again.deduplicated) == (False, True)
     assert (again.version, again.position) == (first.version, first.position)
     assert sqlite_store.unique_event_ids
+
+
+async def test_concurrent_retries_of_one_append_store_it_once(
+    sqlite_store: SqliteEventStore,
+) -> None:
+    stream, new = unique(), events(2)
+    results = await asyncio.gather(*(sqlite_store.append(stream, new, NO_STREAM) for _ in range(5)))
+    assert [r.deduplicated for r in results] == [False, True, True, True, True]
+    assert {(r.version, r.position) for r in results} == {(results[0].version, results[0].position)}
+    assert [r.event_id for r in await sqlite_store.read_stream(stream)] == [e.event_id for e in new]
+
+
+async def test_concurrent_appends_at_any_version_stack_up_in_order(
+    sqlite_store: SqliteEventStore,
+) -> None:
+    stream = unique()
+    batches = [events(i % 3 + 1) for i in range(12)]
+    results = await asyncio.gather(*(sqlite_store.append(stream, b, ANY_VERSION) for b in batches))
+    recorded = await sqlite_store.read_stream(stream)
+    assert [r.event_id for r in recorded] == [e.event_id for b in batches for e in b]
+    ends = [sum(len(b) for b in batches[: i + 1]) - 1 for i in range(len(batches))]
+    assert [r.version for r in results] == ends
+    assert [r.position for r in results] == [recorded[end].position for end in ends]
+
+
+async def test_snapshots_commit_among_appends(sqlite_store: SqliteEventStore) -> None:
+    streams = [unique() for _ in range(6)]
+    firsts = [await sqlite_store.append(s, events(1), NO_STREAM) for s in streams]
+    await asyncio.gather(
+        *(sqlite_store.append(s, events(1), 0) for s in streams),
+        *(
+            sqlite_store.write_snapshot(s, Snapshot(0, f.position, s.encode()))
+            for s, f in zip(streams, firsts, strict=True)
+        ),
+    )
+    for s, f in zip(streams, firsts, strict=True):
+        assert await sqlite_store.read_snapshot(s) == Snapshot(0, f.position, s.encode())
+        assert len(await sqlite_store.read_stream(s)) == 2
+
+
+async def test_an_append_the_writer_cannot_take_fails_instead_of_hanging(
+    sqlite_store: SqliteEventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads = sqlite_store._db
+
+    def no_connection(busy_timeout: float = 0.0) -> None:
+        raise Unavailable("a SQLite store cannot be opened")
+
+    monkeypatch.setattr(threads, "_connection", no_connection)
+    appends = [sqlite_store.append(unique(), events(1), NO_STREAM) for _ in range(3)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*appends, return_exceptions=True), TIMEOUT)
+    assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+    monkeypatch.undo()
+    assert (await sqlite_store.append(unique(), events(1), NO_STREAM)).version == 0
 
 
 async def test_a_snapshot_survives_a_reopen(tmp_path: Path) -> None:
