@@ -64,6 +64,7 @@ class ProcessManager:
         *,
         name: str,
         stream_prefixes: Sequence[str],
+        event_types: Sequence[str] = (),
         react: Callable[[RecordedEvent], Step | None],
         concurrency: int = 32,
         checkpoint_interval: float = 1.0,
@@ -73,6 +74,7 @@ class ProcessManager:
         self._store = store
         self._name = name
         self._stream_prefixes = tuple(stream_prefixes)
+        self._event_types = tuple(event_types)  # what `react` may act on: the store skips the rest
         self._react = react
         self._slots = asyncio.Semaphore(concurrency)
         self._checkpoint_interval = checkpoint_interval
@@ -111,7 +113,9 @@ class ProcessManager:
             "process manager starting",
             extra={"process_manager": self._name, "position": self.position},
         )
-        subscription = self._store.subscribe(self.position, stream_prefixes=self._stream_prefixes)
+        subscription = self._store.subscribe(
+            self.position, stream_prefixes=self._stream_prefixes, event_types=self._event_types
+        )
         async for batch in subscription:
             steps = [s for r in batch.events if (s := self._react(r)) is not None]
             if steps:

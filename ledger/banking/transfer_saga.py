@@ -137,6 +137,7 @@ def transfer_process_manager(
         accounts.store,
         name=name,
         stream_prefixes=(f"{ACCOUNT_CATEGORY}-",),
+        event_types=sorted(TRIGGERS),  # not deposits and the like: never read, never decoded
         react=TransferSaga(accounts, clock).react,
         checkpoint_interval=checkpoint_interval,
     )

@@ -322,7 +322,11 @@ class KurrentDBEventStore:
         return 0
 
     async def subscribe(
-        self, after_position: int, *, stream_prefixes: Sequence[str] = ()
+        self,
+        after_position: int,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
     ) -> AsyncIterator[SubscriptionBatch]:
         """Catch up after `after_position`, then follow; resubscribes when dropped.
 
@@ -330,8 +334,12 @@ class KurrentDBEventStore:
         event *before* the checkpoint: some server versions hand out the end of the log
         as a checkpoint, where the next event will be written, and resuming after that
         would skip it (KurrentDB issue #4970).
+
+        The server filters by stream name; `event_types` are filtered here (a server-side
+        filter takes stream names or event types, not both), before any decoding.
         """
         pattern = _streams_regex(stream_prefixes)
+        types = frozenset(event_types)
         last = after_position
         backoff = Backoff(first=0.1, cap=self._max_backoff)
         while True:
@@ -357,7 +365,7 @@ class KurrentDBEventStore:
                     # The pump ends with the failure, so whatever came before it still counts.
                     failure = next((i for i in taken if isinstance(i, BaseException)), None)
                     received = [i for i in taken if isinstance(i, KurrentRecordedEvent)]
-                    batch = await self._batch(received, last)
+                    batch = await self._batch(received, last, types)
                     if batch is not None:
                         yield batch
                         last = batch.position
@@ -374,7 +382,7 @@ class KurrentDBEventStore:
                     await subscription.stop()
 
     async def _batch(
-        self, received: list[KurrentRecordedEvent], last: int
+        self, received: list[KurrentRecordedEvent], last: int, types: frozenset[str]
     ) -> SubscriptionBatch | None:
         events: list[RecordedEvent] = []
         position = last
@@ -384,7 +392,8 @@ class KurrentDBEventStore:
             if item.is_checkpoint:
                 position = max(position, await self._checkpoint_position(item.commit_position))
             else:
-                events.append(_to_port(item))
+                if not types or item.type in types:
+                    events.append(_to_port(item))
                 position = item.commit_position
         if position <= last:
             return None

@@ -133,10 +133,15 @@ class EventStore(Protocol):
         if any are given: what a subscription so filtered would end at), 0 if none."""
 
     def subscribe(
-        self, after_position: int, *, stream_prefixes: Sequence[str] = ()
+        self,
+        after_position: int,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
     ) -> AsyncIterator[SubscriptionBatch]:
         """Catch up from after `after_position` (exclusive), then follow live appends.
 
-        Only streams whose names start with one of `stream_prefixes` are delivered
-        (all streams if empty). Never ends by itself.
+        Only events of streams whose names start with one of `stream_prefixes`, and of
+        one of `event_types`, are delivered (all, for either left empty); a batch's
+        position still passes the others, which are never decoded. Never ends by itself.
         """

@@ -476,13 +476,20 @@ class SqliteEventStore:
         return await self._db.read(read)
 
     async def subscribe(
-        self, after_position: int, *, stream_prefixes: Sequence[str] = (), batch_size: int = 1000
+        self,
+        after_position: int,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        batch_size: int = 1000,
     ) -> AsyncIterator[SubscriptionBatch]:
         """Each batch covers up to `batch_size` positions of the log (fewer events if other
         streams' events are among them: those are skipped inside SQLite, never decoded).
         Behind the head, windows are read in a reader thread; at the head, the live tail
         is read on the loop's thread (INLINE_ROWS positions at a time)."""
-        window = functools.partial(_read_window, prefixes=tuple(stream_prefixes))
+        window = functools.partial(
+            _read_window, prefixes=tuple(stream_prefixes), types=tuple(event_types)
+        )
         watcher = ChangeWatcher(self._path, interval=self._poll_interval)
         position, behind = after_position, True
         try:
@@ -512,19 +519,28 @@ class _Window:
     head: int
 
 
-def _in_streams(prefixes: tuple[str, ...]) -> tuple[str, list[str | int]]:
+def _in_streams(
+    prefixes: tuple[str, ...], types: tuple[str, ...] = ()
+) -> tuple[str, list[str | int]]:
     """A WHERE condition (and its parameters) for events of streams starting with one of
-    `prefixes`; true for every event if there are none."""
+    `prefixes` and of one of `types`; true for every event if there are neither."""
     match = " OR ".join("substr(stream, 1, ?) = ?" for _ in prefixes) or "1"
-    return match, [x for p in prefixes for x in (len(p), p)]
+    if types:
+        match = f"({match}) AND type IN ({', '.join('?' * len(types))})"
+    return match, [*(x for p in prefixes for x in (len(p), p)), *types]
 
 
 def _read_window(
-    conn: sqlite3.Connection, *, after: int, span: int, prefixes: tuple[str, ...]
+    conn: sqlite3.Connection,
+    *,
+    after: int,
+    span: int,
+    prefixes: tuple[str, ...],
+    types: tuple[str, ...],
 ) -> _Window:
     """The wanted streams' events among positions (after, after + span], or up to the head
     if it is nearer, read in one transaction (so `upto` and the events agree)."""
-    match, parameters = _in_streams(prefixes)
+    match, parameters = _in_streams(prefixes, types)
     conn.execute("BEGIN")
     try:
         head = int(conn.execute("SELECT MAX(position) FROM events").fetchone()[0] or 0)

@@ -55,9 +55,12 @@ def events(n: int) -> list[NewEvent]:
 
 @asynccontextmanager
 async def subscription(
-    store: EventStore, after_position: int, prefixes: Sequence[str] = ()
+    store: EventStore,
+    after_position: int,
+    prefixes: Sequence[str] = (),
+    types: Sequence[str] = (),
 ) -> AsyncIterator[AsyncIterator[SubscriptionBatch]]:
-    batches = store.subscribe(after_position, stream_prefixes=prefixes)
+    batches = store.subscribe(after_position, stream_prefixes=prefixes, event_types=types)
     try:
         yield batches
     finally:
@@ -516,6 +519,26 @@ class EventStoreContract:
         assert got[0].event_id == wanted_a[0].event_id
         assert got[1].event_id == wanted_c[0].event_id
         assert got[2].position == last.position
+
+    async def test_subscribe_filters_by_event_type_within_the_streams(
+        self, store: EventStore
+    ) -> None:
+        prefix = unique()
+        before = await store.head_position()
+        await store.append(f"{prefix}a-1", [event("Opened"), event("Deposited")], NO_STREAM)
+        await store.append(f"{prefix}b-1", [event("Debited"), event("Deposited")], NO_STREAM)
+        await store.append(unique(), [event("Debited")], NO_STREAM)  # another prefix
+        last = await store.append(f"{prefix}a-1", [event("Debited")], 1)
+        async with subscription(
+            store, before, [f"{prefix}a-", f"{prefix}b-"], ["V1.Opened", "V1.Debited"]
+        ) as batches:
+            got = await collect(batches, 3, prefix)
+        assert [(e.stream, e.type) for e in got] == [
+            (f"{prefix}a-1", "V1.Opened"),
+            (f"{prefix}b-1", "V1.Debited"),
+            (f"{prefix}a-1", "V1.Debited"),
+        ]
+        assert got[-1].position == last.position
 
     async def test_a_filtered_subscription_passes_many_other_events(
         self, store: EventStore

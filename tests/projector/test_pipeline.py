@@ -30,9 +30,16 @@ class OneEventBatches(SqliteEventStore):
         self.fail_at: int | None = None
 
     async def subscribe(
-        self, after_position: int, *, stream_prefixes: Sequence[str] = (), batch_size: int = 1
+        self,
+        after_position: int,
+        *,
+        stream_prefixes: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        batch_size: int = 1,
     ) -> AsyncIterator[SubscriptionBatch]:
-        batches = super().subscribe(after_position, stream_prefixes=stream_prefixes, batch_size=1)
+        batches = super().subscribe(
+            after_position, stream_prefixes=stream_prefixes, event_types=event_types, batch_size=1
+        )
         async for batch in batches:
             if self.delivered == self.fail_at:
                 self.fail_at = None
