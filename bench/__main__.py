@@ -81,12 +81,13 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 class Ceiling:
-    """The bare grpc.aio server in a subprocess."""
+    """The bare grpc.aio server in a subprocess (the append floor, given `append_dir`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, append_dir: Path | None = None) -> None:
         self.port = free_port()
+        append = [] if append_dir is None else ["--append", str(append_dir)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.ceiling", str(self.port)],
+            [sys.executable, "-m", "bench.ceiling", str(self.port), *append],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -177,6 +178,20 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         )
     finally:
         out["memory"] = {"ceiling_server_peak_rss_mib": ceiling.close()}
+    (work / "append-floor").mkdir(parents=True, exist_ok=True)
+    floor = Ceiling(work / "append-floor")
+    try:
+        f_dep = load(
+            profile,
+            DEPOSIT_SPREAD,
+            "(a) floor: gRPC + durable append",
+            floor.target,
+            floor.target,
+            ids,
+            (("append_floor_server", floor.proc.pid),),
+        )
+    finally:
+        floor.close()
 
     stack = Stack(data)
     log("starting command server, projector, query server")
@@ -204,6 +219,11 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         "ceiling_ratio": ratio(a.throughput, c_dep.throughput),
         "target": ">= 0.5",
         "met": ratio(a.throughput, c_dep.throughput) >= 0.5,
+    }
+    out["a_append_floor"] = {
+        **f_dep.summary(),
+        "ceiling_ratio": ratio(f_dep.throughput, c_dep.throughput),
+        "ledger_ratio": ratio(a.throughput, f_dep.throughput),
     }
     out["e_get_account"] = {
         **e.summary(),

@@ -1,14 +1,24 @@
 """The gRPC ceiling: a bare grpc.aio server answering Ledger's message types with canned
-responses, doing no work. `python -m bench.ceiling PORT`."""
+responses, doing no work. `python -m bench.ceiling PORT`.
+
+`python -m bench.ceiling PORT --append DIR`: the append floor, the same server whose
+DepositFunds appends one event per call to a SqliteEventStore in DIR (durable and
+group-committed, as Ledger's) and answers with its version and position: the least a
+server must do to acknowledge a durable deposit, without Ledger's domain (validation,
+idempotency, the account's state) and without a projector keeping views."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+import uuid
+from pathlib import Path
 
 import grpc
 
+from ledger.eventstore.port import ANY_VERSION, NewEvent
+from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.v1 import (
     account_command_service_pb2 as cmd_pb,
 )
@@ -43,14 +53,33 @@ class Commands(cmd_grpc.AccountCommandServiceServicer):
         return DEPOSIT
 
 
+class AppendingCommands(cmd_grpc.AccountCommandServiceServicer):
+    def __init__(self, store: SqliteEventStore) -> None:
+        self._store = store
+
+    async def DepositFunds(self, request, context):  # type: ignore[no-untyped-def]
+        event = NewEvent(uuid.uuid4(), "V1.FundsDeposited", request.SerializeToString(), b"{}")
+        result = await self._store.append(f"account-{request.account_id}", [event], ANY_VERSION)
+        return cmd_pb.DepositFundsResponse(
+            account_id=request.account_id,
+            version=result.version,
+            position=result.position,
+            balance_minor=request.amount_minor,
+        )
+
+
 class Queries(query_grpc.AccountQueryServiceServicer):
     async def GetAccount(self, request, context):  # type: ignore[no-untyped-def]
         return ACCOUNT
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, append_dir: Path | None = None) -> None:
+    store = None if append_dir is None else SqliteEventStore(append_dir / "events.sqlite3")
+    if store is not None:
+        await store.open()
     server = grpc.aio.server()
-    cmd_grpc.add_AccountCommandServiceServicer_to_server(Commands(), server)
+    commands = Commands() if store is None else AppendingCommands(store)
+    cmd_grpc.add_AccountCommandServiceServicer_to_server(commands, server)
     query_grpc.add_AccountQueryServiceServicer_to_server(Queries(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -61,7 +90,10 @@ async def serve(port: int) -> None:
     print("ready", flush=True)
     await stop.wait()
     await server.stop(1)
+    if store is not None:
+        await store.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    append = Path(sys.argv[3]) if sys.argv[2:3] == ["--append"] else None
+    asyncio.run(serve(int(sys.argv[1]), append))

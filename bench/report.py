@@ -44,6 +44,17 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{e['target']}: {_met(e['met'])}",
             )
         )
+        if "a_append_floor" in r:
+            f = r["a_append_floor"]
+            out.append(
+                (
+                    "(a) floor: gRPC + durable append, no domain, no views",
+                    lat(f) + f" (Ledger's (a) at {f['ledger_ratio']:.3f} of it)",
+                    "ceiling " + lat(c["deposit"]),
+                    f"{f['ceiling_ratio']:.3f}",
+                    "what (a) could reach without Ledger's domain and views",
+                )
+            )
         for name, ours, base in (("(a)", a, c["deposit"]), ("(e)", e, c["get_account"])):
             if ours.get("cpu_ms_per_call") and base.get("cpu_ms_per_call"):
                 out.append(_cpu_row(name, ours["cpu_ms_per_call"], base["cpu_ms_per_call"]))
