@@ -11,7 +11,8 @@ Mapping to the port:
   with an exact expected version equal to the current one): ids are per stream there;
 - subscriptions read $all filtered by stream name (which also keeps out the server's
   own $-prefixed streams), with checkpoints, so a consumer's stored position moves past
-  events it does not want; a dropped subscription is resumed after the last position
+  events it does not want; event types, if asked for, are filtered here (the server
+  filters by one or the other); a dropped subscription is resumed after the last position
   handed out, with backoff, never repeating or skipping an event;
 - a stream's snapshots are events of the stream `snapshot-<stream>` (the latest is the
   last one), which subscriptions and head_position leave out: no category a consumer
