@@ -110,8 +110,9 @@ SELECT (SELECT count(*) FROM events WHERE event_id IN (SELECT value FROM json_ea
 (null if none), in one statement: each statement is a release and a re-take of the GIL
 by the writer thread, which under load waits for the event loop's thread."""
 
-INSERT_ROWS = 500
-"""Events per INSERT statement (seven parameters each)."""
+INSERT_ROWS = 140
+"""Events per INSERT statement: seven parameters each, within the 999 parameters of the
+oldest SQLite builds (newer ones allow 32,766)."""
 
 
 def _current_version(conn: sqlite3.Connection, stream: str) -> int:
