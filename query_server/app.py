@@ -32,7 +32,11 @@ async def run(env: Env) -> int:
         changes=store.change_watcher if isinstance(store, SqliteViewStore) else None,
     )
     servicer = AccountQueryServicer(
-        views, follower, max_wait=max_wait, checkpoint_name=lambda: views.generation.name
+        views,
+        follower,
+        max_wait=max_wait,
+        checkpoint_name=lambda: views.generation.name,
+        views_version=lambda: views.generation.version,
     )
 
     async def open_views() -> None:

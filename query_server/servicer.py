@@ -13,9 +13,8 @@ from ledger.banking.views import (
     ACCOUNT_TRANSFERS,
     ACCOUNTS,
     AT_KEY,
-    BALANCE_HISTORY,
     STATUS_HISTORY,
-    TRANSACTIONS,
+    TRANSACTION,
     TRANSFER_ORDER,
     TRANSFERS,
     at_key,
@@ -24,7 +23,7 @@ from ledger.banking.views import (
 from ledger.banking.views import projection as banking
 from ledger.consistency import CheckpointFollower, Watch
 from ledger.domain.values import check_account_id
-from ledger.errors import FieldViolation, NotFound, require
+from ledger.errors import FieldViolation, NotFound, Unavailable, require
 from ledger.grpc.types import Context
 from ledger.paging import check_page_size, fetch_page
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
@@ -54,6 +53,9 @@ TRANSFER_STATUS_TO_PROTO = {
 
 # The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+HISTORY_LAYOUT = 3
+"""The banking views' version from which transactions and balances live on the
+account_history rows: ListTransactions, GetAccountAsOf and WatchAccount need it."""
 LAST_VERSION = 10**20 - 1
 """Sorts after every version in an `at_key` (versions are written with 20 digits)."""
 WATCH_BATCH = 100
@@ -127,9 +129,7 @@ def transfer_message(doc: Document) -> transfer_pb2.Transfer:
     )
 
 
-# The histories that hold the state fields an event may change, and the fields every
-# `account_history` row carries.
-STATE_HISTORIES = ((BALANCE_HISTORY, "balance_minor"), (STATUS_HISTORY, "status"))
+# The fields every `account_history` row carries.
 EVENT_FIELDS = ("version", "position", "updated_at")
 
 
@@ -151,13 +151,16 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         *,
         max_wait: float,
         checkpoint_name: Callable[[], str] = lambda: banking.checkpoint_name,
+        views_version: Callable[[], int] = lambda: banking.version,
     ) -> None:
         """`checkpoint_name` names the checkpoint of the views being read (the active
-        generation's, which a rebuild changes)."""
+        generation's, which a rebuild changes); `views_version` is the projection version
+        that built them (older while a new version's views are still being built)."""
         self._views = views
         self._follower = follower
         self._max_wait = max_wait
         self._checkpoint_name = checkpoint_name
+        self._views_version = views_version
 
     async def _caught_up(self, min_position: int, context: Context) -> None:
         remaining = context.time_remaining()
@@ -165,6 +168,15 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             self._max_wait if remaining is None else min(self._max_wait, remaining * 0.9 - 0.05)
         )
         await self._follower.require(min_position, budget)
+
+    def _require_history_layout(self) -> None:
+        """Until the projector has rebuilt older views, the reads that need the newer
+        layout answer Unavailable (retryable) rather than wrongly (e.g. no transactions)."""
+        if self._views_version() < HISTORY_LAYOUT:
+            raise Unavailable(
+                f"the views are version {self._views_version()}; this query server needs"
+                f" version {HISTORY_LAYOUT} or later, which the projector is building"
+            )
 
     async def _account(self, account_id: str) -> Document:
         doc = await self._views.get(ACCOUNTS, account_id)
@@ -185,6 +197,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         self, request: pb.GetAccountAsOfRequest, context: Context
     ) -> pb.GetAccountAsOfResponse:
         require([*check_account_id(request.account_id), *check_as_of(request)])
+        self._require_history_layout()
         await self._caught_up(request.min_position, context)
         account_id = request.account_id
         current = await self._account(account_id)
@@ -202,12 +215,13 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         return pb.GetAccountAsOfResponse(account=account_message(state))
 
     async def _last_at_or_before(
-        self, collection: str, account_id: str, order_by: str, bound: Scalar
+        self, collection: str, account_id: str, order_by: str, bound: Scalar, **where: Scalar
     ) -> Document | None:
-        """One indexed lookup: the account's last row of `collection` with `order_by` <= bound."""
+        """One indexed lookup: the account's last row of `collection` (matching `where`)
+        with `order_by` <= bound."""
         rows = await self._views.find(
             collection,
-            where={"account_id": account_id},
+            where={"account_id": account_id, **where},
             order_by=order_by,
             at_most=bound,
             descending=True,
@@ -216,15 +230,19 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         return rows[0] if rows else None
 
     async def _state_after(self, current: Document, event: Document) -> Document:
-        """The account right after the event of an `account_history` row."""
-        values: dict[str, Scalar] = {}
-        for collection, field in STATE_HISTORIES:
-            row = await self._last_at_or_before(
-                collection, current["account_id"], "version", event["version"]
-            )
-            if row is None:  # the opening event writes both; the views are inconsistent
-                raise RuntimeError(f"no {collection} row for {current['account_id']!r}")
-            values[field] = row[field]
+        """The account right after the event of an `account_history` row: its balance
+        from the last row at or before it that set one (the last transaction, else the
+        opening), its status from the last status change."""
+        account_id, version = current["account_id"], event["version"]
+        balance_row = event if "balance_minor" in event else None
+        if balance_row is None:
+            balance_row = await self._last_at_or_before(
+                ACCOUNT_HISTORY, account_id, "version", version, **{TRANSACTION: True}
+            ) or await self._last_at_or_before(ACCOUNT_HISTORY, account_id, "version", 0)
+        status_row = await self._last_at_or_before(STATUS_HISTORY, account_id, "version", version)
+        if balance_row is None or status_row is None:  # the opening sets both
+            raise RuntimeError(f"no opening in the history of {account_id!r}")
+        values = {"balance_minor": balance_row["balance_minor"], "status": status_row["status"]}
         return _after_event(current, event, values)
 
     async def ListAccounts(
@@ -257,12 +275,13 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         self, request: pb.ListTransactionsRequest, context: Context
     ) -> pb.ListTransactionsResponse:
         require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
+        self._require_history_layout()
         await self._caught_up(request.min_position, context)
         await self._account(request.account_id)
         page = await fetch_page(
             self._views,
-            TRANSACTIONS,
-            where={"account_id": request.account_id},
+            ACCOUNT_HISTORY,
+            where={"account_id": request.account_id, TRANSACTION: True},
             order_by="version",
             page_size=request.page_size,
             page_token=request.page_token,
@@ -317,6 +336,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         self, request: pb.WatchAccountRequest, context: Context
     ) -> AsyncIterator[pb.WatchAccountResponse]:
         require(check_account_id(request.account_id))
+        self._require_history_layout()
         await self._caught_up(request.from_position, context)
         async with self._follower.watching() as watch:
             checkpoint = await self._follower.refresh()
@@ -353,35 +373,26 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             )
             complete = _up_to(checkpoint, rows)
             if complete:
-                last = complete[-1]["version"]
-                found: dict[str, dict[int, Document]] = {}
-                for collection in (BALANCE_HISTORY, STATUS_HISTORY, TRANSACTIONS):
-                    docs = await self._views.find(
-                        collection,
-                        where=where,
-                        order_by="version",
-                        after=version,
-                        at_most=last,
-                        limit=WATCH_BATCH,
-                    )
-                    found[collection] = {d["version"]: d for d in docs}
+                statuses = await self._views.find(
+                    STATUS_HISTORY,
+                    where=where,
+                    order_by="version",
+                    after=version,
+                    at_most=complete[-1]["version"],
+                    limit=WATCH_BATCH,
+                )
+                status_at = {d["version"]: d["status"] for d in statuses}
                 for row in complete:
                     v = row["version"]
-                    state = _after_event(
-                        current if state is None else state,
-                        row,
-                        {
-                            field: found[collection][v][field]
-                            for collection, field in STATE_HISTORIES
-                            if v in found[collection]
-                        },
-                    )
-                    transaction = found[TRANSACTIONS].get(v)
+                    values: dict[str, Scalar] = {}
+                    if "balance_minor" in row:
+                        values["balance_minor"] = row["balance_minor"]
+                    if v in status_at:
+                        values["status"] = status_at[v]
+                    state = _after_event(current if state is None else state, row, values)
                     yield pb.WatchAccountResponse(
                         account=account_message(state),
-                        transaction=None
-                        if transaction is None
-                        else transaction_message(transaction),
+                        transaction=transaction_message(row) if row[TRANSACTION] else None,
                         position=row["position"],
                     )
                     version = v

@@ -6,15 +6,19 @@ ListTransfers is one indexed query. The debit, the credit and the refund each ca
 both account ids and update all three documents; the debit's position orders them. A
 rejected credit leaves the transfer PENDING until its refund.
 
-As-of queries (GetAccountAsOf) read three history collections, one row per event,
-keyed `<account_id>/<version:020d>`: `account_history` (every account event: its
-version, position and time, plus `at_key` ordering by time then version),
-`balance_history` (the events that set the balance) and `status_history` (the events
-that set the status). Handlers see only their event, so each row holds what that
-event determines; the state as of version v is the last row of each collection at or
-before v, three descending limit-1 index lookups. Owner, currency and opening time
-never change and come from the `accounts` document. WatchAccount streams the same rows
-in version order (after the last version it sent), with the `transactions` rows.
+`account_history` has one row per account event, keyed `<account_id>/<version:020d>`:
+its version, position and time (and `at_key`, ordering by time then version), the
+balance if the event set it, and, for a transaction (a deposit, a withdrawal, a
+transfer's debit, credit or refund), the transaction itself with `transaction` true:
+ListTransactions reads those rows, so a deposit writes two documents (the account and
+its row), not one per view. `status_history` holds the events that set the status.
+Handlers see only their event, so each row holds what that event determines; the state
+as of version v (GetAccountAsOf) is the last account_history row at or before v, its
+balance from the last row at or before v that set one (the last transaction, else the
+opening), its status from the last status_history row: descending limit-1 index
+lookups. Owner, currency and opening time never change and come from the `accounts`
+document. WatchAccount streams the account_history rows in version order (after the
+last version it sent).
 """
 
 from __future__ import annotations
@@ -45,12 +49,12 @@ from ledger.projection import Projection
 from ledger.views.port import KEY, Collection, Index, Scalar, Upsert
 
 ACCOUNTS = "accounts"
-TRANSACTIONS = "transactions"
 TRANSFERS = "transfers"
 ACCOUNT_TRANSFERS = "account_transfers"
 ACCOUNT_HISTORY = "account_history"
-BALANCE_HISTORY = "balance_history"
 STATUS_HISTORY = "status_history"
+TRANSACTION = "transaction"
+"""The account_history field that is true on a transaction's row."""
 AT_KEY = "at_key"
 """The field account_history sorts on by time: `<timestamp>/<version:020d>`."""
 TRANSFER_ORDER = "debit_position"
@@ -58,7 +62,6 @@ TRANSFER_ORDER = "debit_position"
 
 COLLECTIONS = (
     Collection(ACCOUNTS, (Index(("owner_name", KEY)), Index(("status", KEY)))),
-    Collection(TRANSACTIONS, (Index(("account_id", "version")),)),
     Collection(TRANSFERS),
     Collection(ACCOUNT_TRANSFERS, (Index(("account_id", TRANSFER_ORDER)),)),
     Collection(
@@ -67,9 +70,9 @@ COLLECTIONS = (
             Index(("account_id", "version")),
             Index(("account_id", AT_KEY)),
             Index(("account_id", "position")),  # where a resumed WatchAccount starts
+            Index(("account_id", TRANSACTION, "version")),  # ListTransactions, balances as of
         ),
     ),
-    Collection(BALANCE_HISTORY, (Index(("account_id", "version")),)),
     Collection(STATUS_HISTORY, (Index(("account_id", "version")),)),
 )
 
@@ -78,7 +81,9 @@ codec = EventCodec({**EVENT_TYPES, **transfers.EVENT_TYPES})
 # was refused is an orphan); they are subscribed to for views that may come later.
 projection = Projection(
     name="banking",
-    version=2,  # 2: the history collections (a new checkpoint replays the whole log)
+    # 2: the history collections; 3: transactions and balances on the account_history
+    # rows (a new version's checkpoint replays the whole log)
+    version=3,
     codec=codec,
     categories=("account", "transfer"),
     collections=COLLECTIONS,
@@ -110,12 +115,13 @@ def _account_change(
     *,
     balance_minor: int | None = None,
     status: str | None = None,
+    transaction: dict[str, Scalar] | None = None,
     **fields: Scalar,
 ) -> Iterator[Upsert]:
-    """The account's document, and its history rows for the as-of queries.
+    """The account's document, and its history rows for the as-of queries and watches.
 
     `updated_at` is the event's time as `timestamp` formats it: handlers format it once
-    per event (the transaction row shows the same time)."""
+    per event (a transaction shows the same time)."""
     version, position = r.version, r.position
     if balance_minor is not None:
         fields["balance_minor"] = balance_minor
@@ -127,46 +133,40 @@ def _account_change(
     yield Upsert(ACCOUNTS, key, fields, position)
     row = _history_key(key, version)
     base: dict[str, Scalar] = {"account_id": key, "version": version}
-    yield Upsert(
-        ACCOUNT_HISTORY,
-        row,
-        {
-            **base,
-            "position": position,
-            "updated_at": updated_at,
-            AT_KEY: at_key(updated_at, version),
-        },
-        position,
-    )
+    history: dict[str, Scalar] = {
+        **base,
+        "position": position,
+        "updated_at": updated_at,
+        AT_KEY: at_key(updated_at, version),
+        TRANSACTION: transaction is not None,
+        **(transaction or {}),
+    }
     if balance_minor is not None:
-        yield Upsert(BALANCE_HISTORY, row, {**base, "balance_minor": balance_minor}, position)
+        history["balance_minor"] = balance_minor
+    yield Upsert(ACCOUNT_HISTORY, row, history, position)
     if status is not None:
         yield Upsert(STATUS_HISTORY, row, {**base, "status": status}, position)
 
 
-def _transaction(
+def _money_moved(
     e: FundsDeposited | FundsWithdrawn | TransferMovement,
     r: RecordedEvent,
     occurred_at: str,
     kind: str,
     **fields: Scalar,
-) -> Upsert:
-    transaction_id = str(r.event_id)
-    return Upsert(
-        TRANSACTIONS,
-        transaction_id,
-        {
-            "transaction_id": transaction_id,
-            "account_id": e.account_id,
-            "kind": kind,
-            "amount_minor": e.amount_minor,
-            "balance_after_minor": e.balance_after_minor,
-            "occurred_at": occurred_at,
-            "version": r.version,
-            "position": r.position,
-            **fields,
-        },
-        r.position,
+) -> Iterator[Upsert]:
+    """A transaction: the account's new balance, and its account_history row holding the
+    transaction itself."""
+    transaction: dict[str, Scalar] = {
+        "transaction_id": str(r.event_id),
+        "kind": kind,
+        "amount_minor": e.amount_minor,
+        "balance_after_minor": e.balance_after_minor,
+        "occurred_at": occurred_at,
+        **fields,
+    }
+    yield from _account_change(
+        e.account_id, r, occurred_at, balance_minor=e.balance_after_minor, transaction=transaction
     )
 
 
@@ -210,15 +210,13 @@ def on_account_opened(e: AccountOpened, r: RecordedEvent) -> Iterator[Upsert]:
 @projection.on(FundsDeposited)
 def on_funds_deposited(e: FundsDeposited, r: RecordedEvent) -> Iterator[Upsert]:
     at = timestamp(e.occurred_at)
-    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, at, "DEPOSIT", description=e.description)
+    yield from _money_moved(e, r, at, "DEPOSIT", description=e.description)
 
 
 @projection.on(FundsWithdrawn)
 def on_funds_withdrawn(e: FundsWithdrawn, r: RecordedEvent) -> Iterator[Upsert]:
     at = timestamp(e.occurred_at)
-    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
-    yield _transaction(e, r, at, "WITHDRAWAL", description=e.description)
+    yield from _money_moved(e, r, at, "WITHDRAWAL", description=e.description)
 
 
 @projection.on(AccountClosed)
@@ -245,8 +243,7 @@ def on_account_unfrozen(e: AccountUnfrozen, r: RecordedEvent) -> Iterator[Upsert
 @projection.on(TransferDebited)
 def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert]:
     at = timestamp(e.occurred_at)
-    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
-    yield _transaction(
+    yield from _money_moved(
         e,
         r,
         at,
@@ -273,8 +270,7 @@ def on_transfer_debited(e: TransferDebited, r: RecordedEvent) -> Iterator[Upsert
 @projection.on(TransferCredited)
 def on_transfer_credited(e: TransferCredited, r: RecordedEvent) -> Iterator[Upsert]:
     at = timestamp(e.occurred_at)
-    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
-    yield _transaction(
+    yield from _money_moved(
         e,
         r,
         at,
@@ -307,8 +303,7 @@ def on_transfer_settled(e: TransferSettled, r: RecordedEvent) -> Iterator[Upsert
 @projection.on(TransferRefunded)
 def on_transfer_refunded(e: TransferRefunded, r: RecordedEvent) -> Iterator[Upsert]:
     at = timestamp(e.occurred_at)
-    yield from _account_change(e.account_id, r, at, balance_minor=e.balance_after_minor)
-    yield _transaction(
+    yield from _money_moved(
         e,
         r,
         at,

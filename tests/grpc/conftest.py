@@ -41,6 +41,7 @@ class InProcessLedger:
     max_wait: float = 5.0
     clock: Clock = utc_now
     wrap_views: Callable[[ViewStore], ViewStore] = lambda views: views
+    views_version: int = projection.version
     command_target: str = ""
     query_target: str = ""
     _servers: list[grpc.aio.Server] = field(default_factory=list)
@@ -60,7 +61,13 @@ class InProcessLedger:
         follower = CheckpointFollower(lambda: read_views.checkpoint(projection.checkpoint_name))
         queries = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
         account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
-            AccountQueryServicer(read_views, follower, max_wait=self.max_wait), queries
+            AccountQueryServicer(
+                read_views,
+                follower,
+                max_wait=self.max_wait,
+                views_version=lambda: self.views_version,
+            ),
+            queries,
         )
         self.query_target = f"127.0.0.1:{queries.add_insecure_port('127.0.0.1:0')}"
         await queries.start()
@@ -126,7 +133,7 @@ LedgerFactory = Callable[..., Awaitable[InProcessLedger]]
 
 @pytest.fixture
 async def make_ledger(tmp_path: Path) -> AsyncIterator[LedgerFactory]:
-    """Start an in-process ledger with options (max_wait, clock, wrap_views)."""
+    """Start an in-process ledger with options (max_wait, clock, wrap_views, views_version)."""
     started: list[InProcessLedger] = []
 
     async def make(**options: object) -> InProcessLedger:

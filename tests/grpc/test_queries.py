@@ -10,6 +10,7 @@ import json
 import grpc
 import pytest
 
+from ledger.banking.views import projection
 from ledger.v1 import account_pb2
 from ledger.v1 import account_query_service_pb2 as qry
 from tests.grpc.conftest import InProcessLedger, LedgerFactory
@@ -126,7 +127,7 @@ async def test_projection_status_reports_the_checkpoint(client: LedgerClient) ->
         qry.GetProjectionStatusRequest(min_position=opened.position)
     )
     assert status.checkpoint_position >= opened.position
-    assert [p.name for p in status.projections] == ["banking-v2"]
+    assert [p.name for p in status.projections] == [projection.checkpoint_name]
     assert status.projections[0].checkpoint_position == status.checkpoint_position
     assert status.projections[0].HasField("updated_at")
 
@@ -327,3 +328,33 @@ async def test_the_largest_page_size_and_the_default(client: LedgerClient) -> No
             )
         )
         assert (len(page.accounts), page.next_page_token) == (3, "")
+
+
+async def test_reads_that_need_newer_views_are_unavailable_until_they_are_rebuilt(
+    make_ledger: LedgerFactory,
+) -> None:
+    """A query server newer than the views (the projector still building them) refuses
+    the reads whose layout changed, retryably, instead of answering them wrongly."""
+    ledger = await make_ledger(views_version=2)
+    async with connect(ledger.command_target, ledger.query_target) as client:
+        account_id, opened = await client.open_shown()
+        deposited = await client.deposit(account_id, 250)
+        for call in (
+            client.queries.ListTransactions(qry.ListTransactionsRequest(account_id=account_id)),
+            client.queries.GetAccountAsOf(
+                qry.GetAccountAsOfRequest(account_id=account_id, as_of_version=0)
+            ),
+            client.queries.WatchAccount(qry.WatchAccountRequest(account_id=account_id)).read(),
+        ):
+            failure = await expect_failure(call, grpc.StatusCode.UNAVAILABLE)
+            assert "version 3" in failure.message
+        shown = await client.queries.GetAccount(
+            qry.GetAccountRequest(account_id=account_id, min_position=deposited.position)
+        )
+        assert shown.account.balance_minor == 250  # reads whose layout did not change work
+        ledger.views_version = projection.version
+        listed = await client.queries.ListTransactions(
+            qry.ListTransactionsRequest(account_id=account_id)
+        )
+        assert [t.amount_minor for t in listed.transactions] == [250]
+        assert opened.position < deposited.position

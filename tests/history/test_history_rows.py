@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from ledger.banking.views import (
     ACCOUNT_HISTORY,
     AT_KEY,
-    BALANCE_HISTORY,
     STATUS_HISTORY,
+    TRANSACTION,
     codec,
     projection,
     timestamp,
@@ -88,20 +88,28 @@ def rows(upserts: list[Upsert], collection: str) -> list[Upsert]:
 def test_every_account_event_writes_a_history_row_with_what_it_determines() -> None:
     events = every_account_event(AT)
     for version, event in enumerate(events):
-        upserts = projection.upserts_for(recorded(event, version))
+        r = recorded(event, version)
+        upserts = projection.upserts_for(r)
         key = f"{ID}/{version:020d}"
         (row,) = rows(upserts, ACCOUNT_HISTORY)
         assert (row.key, row.position) == (key, 100 + version)
         assert row.fields["version"] == version
         assert row.fields["position"] == 100 + version
         assert row.fields["updated_at"] == timestamp(AT)
-        balance = rows(upserts, BALANCE_HISTORY)
         status = rows(upserts, STATUS_HISTORY)
-        sets_balance = hasattr(event, "balance_after_minor") or isinstance(event, AccountOpened)
-        assert [r.key for r in balance] == ([key] if sets_balance else [])
-        if balance:
-            expected = 0 if isinstance(event, AccountOpened) else event.balance_after_minor  # type: ignore[union-attr]
-            assert balance[0].fields["balance_minor"] == expected
+        moves_money = hasattr(event, "balance_after_minor")
+        if moves_money or isinstance(event, AccountOpened):
+            expected = event.balance_after_minor if moves_money else 0  # type: ignore[union-attr]
+            assert row.fields["balance_minor"] == expected
+        else:
+            assert "balance_minor" not in row.fields
+        assert row.fields[TRANSACTION] is moves_money
+        if moves_money:  # the transaction itself, on the same row
+            assert row.fields["transaction_id"] == str(r.event_id)
+            assert row.fields["amount_minor"] == event.amount_minor  # type: ignore[union-attr]
+            assert row.fields["balance_after_minor"] == row.fields["balance_minor"]
+            assert row.fields["occurred_at"] == timestamp(AT)
+        assert {u.collection for u in upserts} & {"transactions", "balance_history"} == set()
         sets_status = isinstance(
             event, AccountOpened | AccountClosed | AccountFrozen | AccountUnfrozen
         )

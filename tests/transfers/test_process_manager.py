@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ledger.banking.transfer_saga import TransferSaga
-from ledger.banking.views import TRANSACTIONS, TRANSFERS, projection
+from ledger.banking.views import ACCOUNT_HISTORY, TRANSFERS, projection
 from ledger.domain.accounts import (
     DebitTransfer,
     Reason,
@@ -97,7 +97,7 @@ async def test_a_credit_the_destination_refuses_is_refunded(bank: Bank, tmp_path
         assert transfer is not None
         assert (transfer["status"], transfer["failure_reason"]) == ("FAILED", "ACCOUNT_CLOSED")
         refunds = await views.find(
-            TRANSACTIONS, where={"kind": "TRANSFER_REFUND"}, order_by="position", limit=10
+            ACCOUNT_HISTORY, where={"kind": "TRANSFER_REFUND"}, order_by="position", limit=10
         )
         assert [
             (d["account_id"], d["amount_minor"], d["balance_after_minor"]) for d in refunds
