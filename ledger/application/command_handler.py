@@ -279,7 +279,7 @@ class CommandHandler(Generic[S, C, E]):
             group = self._group(loaded, todo, events, look_up=look_up)
             new_events = [
                 e
-                for queued, decided in group
+                for queued, decided, _ in group
                 for e in self._codec.new_events(stream, decided, queued.metadata)
             ]
             try:
@@ -311,12 +311,13 @@ class CommandHandler(Generic[S, C, E]):
         events: tuple[E, ...],
         *,
         look_up: bool,
-    ) -> list[tuple[_Queued[C, E], tuple[E, ...]]]:
+    ) -> list[tuple[_Queued[C, E], tuple[E, ...], S]]:
         """The head's events, then those of the commands after it, each decided on the
         state the ones before leave, while they append events and need nothing checked
-        first (a retry, an expected version, a refusal: those wait for their turn)."""
-        group = [(todo[0], events)]
+        first (a retry, an expected version, a refusal: those wait for their turn); each
+        with the state its events leave."""
         state = self._decider.fold(loaded.state, events)
+        group = [(todo[0], events, state)]
         seen = {todo[0].metadata.request_id}
         for queued in list(todo)[1:]:
             request_id = queued.metadata.request_id
@@ -333,8 +334,8 @@ class CommandHandler(Generic[S, C, E]):
                 break
             if not decided:
                 break
-            group.append((queued, decided))
             state = self._decider.fold(state, decided)
+            group.append((queued, decided, state))
             seen.add(request_id)
         return group
 
@@ -342,22 +343,24 @@ class CommandHandler(Generic[S, C, E]):
         self,
         stream: str,
         loaded: _Loaded[S],
-        group: list[tuple[_Queued[C, E], tuple[E, ...]]],
+        group: list[tuple[_Queued[C, E], tuple[E, ...], S]],
         last_position: int,
     ) -> _Loaded[S]:
         """Answer each command of an appended group with its own version and position."""
         before = loaded.version
         positions = [last_position]
         if len(group) > 1:  # positions need not be consecutive: read them back
-            count = sum(len(decided) for _, decided in group)
+            count = sum(len(decided) for _, decided, _ in group)
             positions = [
                 r.position for r in await self._store.read_stream(stream, before + 1, count)
             ]
         version = before
-        for queued, decided in group:
+        for queued, decided, state in group:
             version += len(decided)
             position = positions[version - before - 1] if len(group) > 1 else last_position
-            loaded = self._remember(stream, loaded, decided, queued.metadata, version, position)
+            loaded = self._remember(
+                stream, loaded, state, len(decided), queued.metadata, version, position
+            )
             queued.future.set_result(Outcome(decided, version, position))
         await self._snapshot_if_due(stream, before, loaded)
         return loaded
@@ -445,19 +448,22 @@ class CommandHandler(Generic[S, C, E]):
         self,
         stream: str,
         loaded: _Loaded[S],
-        events: tuple[E, ...],
+        state: S,
+        count: int,
         metadata: EventMetadata,
         version: int,
         position: int,
     ) -> _Loaded[S]:
-        first = version - len(events) + 1
+        """`loaded` after `count` events of the request in `metadata`, which left `state`
+        (folded once, when the group was decided)."""
+        first = version - count + 1
         # Updated in place: the map holds one entry per past request, and copying it on
         # every command would make a command's cost grow with the stream's history.
         if metadata.request_id:
             loaded.requests[metadata.request_id] = _Request(
                 metadata.fingerprint, first, version, position
             )
-        done = loaded.moved(self._decider.fold(loaded.state, events), version, position)
+        done = loaded.moved(state, version, position)
         self._keep(stream, done)
         return done
 
