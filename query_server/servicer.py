@@ -172,9 +172,10 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
     def _require_history_layout(self) -> None:
         """Until the projector has rebuilt older views, the reads that need the newer
         layout answer Unavailable (retryable) rather than wrongly (e.g. no transactions)."""
-        if self._views_version() < HISTORY_LAYOUT:
+        version = self._views_version()
+        if version < HISTORY_LAYOUT:
             raise Unavailable(
-                f"the views are version {self._views_version()}; this query server needs"
+                f"the views are version {version}; this query server needs"
                 f" version {HISTORY_LAYOUT} or later, which the projector is building"
             )
 

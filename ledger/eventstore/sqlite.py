@@ -366,12 +366,12 @@ class SqliteEventStore:
 
     def _writer_stopped(self, writer: asyncio.Future[None]) -> None:
         """If the writer thread could not start (no connection), fail what waits."""
-        if writer.cancelled() or writer.exception() is None:
+        if writer.cancelled() or (failure := writer.exception()) is None:
             return
         with self._pending_lock:
             group, self._pending = list(self._pending), deque()
             self._writing = False
-        self._answer(group, [writer.exception() or Unavailable("no writer")] * len(group))
+        self._answer(group, [failure] * len(group))
 
     def _answer(self, group: Sequence[_Pending], outcomes: Sequence[_Outcome]) -> None:
         """On the loop's thread: each caller hears its own outcome."""
