@@ -208,6 +208,7 @@ class GenerationViews:
         at_most: Scalar = None,
         descending: bool = False,
         limit: int,
+        key_prefix: str = "",
     ) -> list[Document]:
         return await self.inner.find(
             self.generation.physical(collection),
@@ -217,6 +218,7 @@ class GenerationViews:
             at_most=at_most,
             descending=descending,
             limit=limit,
+            key_prefix=key_prefix,
         )
 
 

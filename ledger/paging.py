@@ -30,8 +30,11 @@ def check_page_size(value: int, field: str = "page_size") -> list[FieldViolation
     ]
 
 
-def _scope(collection: str, where: Mapping[str, Scalar], order_by: str) -> str:
-    body = json.dumps([collection, sorted(where.items()), order_by], default=str)
+def _scope(collection: str, where: Mapping[str, Scalar], order_by: str, key_prefix: str) -> str:
+    query: list[object] = [collection, sorted(where.items()), order_by]
+    if key_prefix:  # (only then: tokens issued before prefixes existed stay valid)
+        query.append(key_prefix)
+    body = json.dumps(query, default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
@@ -70,11 +73,19 @@ async def fetch_page(
     order_by: str,
     page_size: int,
     page_token: str,
+    key_prefix: str = "",
 ) -> Page:
-    scope = _scope(collection, where, order_by)
+    scope = _scope(collection, where, order_by, key_prefix)
     after = decode_token(page_token, scope) if page_token else None
     size = page_size or DEFAULT_PAGE_SIZE
-    docs = await views.find(collection, where=where, order_by=order_by, after=after, limit=size + 1)
+    docs = await views.find(
+        collection,
+        where=where,
+        order_by=order_by,
+        after=after,
+        limit=size + 1,
+        key_prefix=key_prefix,
+    )
     if len(docs) <= size:
         return Page(docs, "")
     docs = docs[:size]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +18,8 @@ from ledger.banking.views import (
     TRANSFER_ORDER,
     TRANSFERS,
     at_key,
+    history_key,
+    history_rows,
     timestamp,
 )
 from ledger.banking.views import projection as banking
@@ -28,7 +30,7 @@ from ledger.grpc.types import Context
 from ledger.paging import check_page_size, fetch_page
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as pb
-from ledger.views.port import Document, Scalar, ViewStore
+from ledger.views.port import KEY, Document, Scalar, ViewStore
 from query_server.projection_status import projection_statuses
 
 STATUS_TO_PROTO = {
@@ -202,31 +204,63 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         await self._caught_up(request.min_position, context)
         account_id = request.account_id
         current = await self._account(account_id)
-        bound: Scalar
+        event: Document | None
         if request.WhichOneof("as_of") == "as_of_version":
-            order_by, bound = "version", min(request.as_of_version, LAST_VERSION)
+            version = min(request.as_of_version, LAST_VERSION)
+            event = await self._last_at_or_before(ACCOUNT_HISTORY, account_id, version)
         else:
             # Microseconds, as the views store them: nanoseconds beyond are truncated.
             at = request.as_of_time.ToDatetime(tzinfo=UTC)
-            order_by, bound = AT_KEY, at_key(timestamp(at), LAST_VERSION)
-        event = await self._last_at_or_before(ACCOUNT_HISTORY, account_id, order_by, bound)
+            found = await self._views.find(
+                ACCOUNT_HISTORY,
+                where={"account_id": account_id},
+                order_by=AT_KEY,
+                at_most=at_key(timestamp(at), LAST_VERSION),
+                descending=True,
+                limit=1,
+            )
+            event = found[0] if found else None
         if event is None:
             raise NotFound(f"account {account_id!r} did not exist yet at that point")
         state = await self._state_after(current, event)
         return pb.GetAccountAsOfResponse(account=account_message(state))
 
-    async def _last_at_or_before(
-        self, collection: str, account_id: str, order_by: str, bound: Scalar, **where: Scalar
-    ) -> Document | None:
-        """One indexed lookup: the account's last row of `collection` (matching `where`)
-        with `order_by` <= bound."""
-        rows = await self._views.find(
+    async def _history(
+        self,
+        collection: str,
+        account_id: str,
+        *,
+        after: int | None = None,
+        at_most: int | None = None,
+        descending: bool = False,
+        limit: int,
+        where: Mapping[str, Scalar] | None = None,
+    ) -> list[Document]:
+        """The account's rows of a history collection (matching `where`) in version
+        order, after version `after` (before it, descending) and at most `at_most`: a
+        range of the keys, which sort by account, then version."""
+        return await self._views.find(
             collection,
-            where={"account_id": account_id, **where},
-            order_by=order_by,
-            at_most=bound,
-            descending=True,
-            limit=1,
+            where=where or {},
+            order_by=KEY,
+            after=None if after is None else history_key(account_id, after),
+            at_most=None if at_most is None else history_key(account_id, at_most),
+            descending=descending,
+            limit=limit,
+            key_prefix=history_rows(account_id),
+        )
+
+    async def _last_at_or_before(
+        self,
+        collection: str,
+        account_id: str,
+        version: int,
+        where: Mapping[str, Scalar] | None = None,
+    ) -> Document | None:
+        """The account's last row of `collection` (matching `where`) at or before
+        `version`: one step down the key range from that version."""
+        rows = await self._history(
+            collection, account_id, at_most=version, descending=True, limit=1, where=where
         )
         return rows[0] if rows else None
 
@@ -238,9 +272,9 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         balance_row = event if "balance_minor" in event else None
         if balance_row is None:
             balance_row = await self._last_at_or_before(
-                ACCOUNT_HISTORY, account_id, "version", version, **{TRANSACTION: True}
-            ) or await self._last_at_or_before(ACCOUNT_HISTORY, account_id, "version", 0)
-        status_row = await self._last_at_or_before(STATUS_HISTORY, account_id, "version", version)
+                ACCOUNT_HISTORY, account_id, version, {TRANSACTION: True}
+            ) or await self._views.get(ACCOUNT_HISTORY, history_key(account_id, 0))
+        status_row = await self._last_at_or_before(STATUS_HISTORY, account_id, version)
         if balance_row is None or status_row is None:  # the opening sets both
             raise RuntimeError(f"no opening in the history of {account_id!r}")
         values = {"balance_minor": balance_row["balance_minor"], "status": status_row["status"]}
@@ -282,10 +316,11 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         page = await fetch_page(
             self._views,
             ACCOUNT_HISTORY,
-            where={"account_id": request.account_id, TRANSACTION: True},
-            order_by="version",
+            where={TRANSACTION: True},
+            order_by=KEY,
             page_size=request.page_size,
             page_token=request.page_token,
+            key_prefix=history_rows(request.account_id),
         )
         return pb.ListTransactionsResponse(
             transactions=[transaction_message(d) for d in page.documents],
@@ -354,11 +389,21 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
                 yield change
 
     async def _state_at_position(self, current: Document, position: int) -> Document | None:
-        """The account after its last event at or before `position` (None: not opened yet)."""
-        event = await self._last_at_or_before(
-            ACCOUNT_HISTORY, current["account_id"], "position", position
-        )
-        return None if event is None else await self._state_after(current, event)
+        """The account after its last event at or before `position` (None: not opened yet).
+
+        Versions and positions grow together, so that row is found stepping down from the
+        latest: the rows passed on the way are the ones the watcher is about to be sent."""
+        account_id, before = current["account_id"], None
+        while True:
+            rows = await self._history(
+                ACCOUNT_HISTORY, account_id, after=before, descending=True, limit=WATCH_BATCH
+            )
+            event = next((row for row in rows if row["position"] <= position), None)
+            if event is not None:
+                return await self._state_after(current, event)
+            if len(rows) < WATCH_BATCH:
+                return None
+            before = rows[-1]["version"]
 
     async def _account_changes(
         self, watch: Watch, current: Document, state: Document | None, checkpoint: int
@@ -366,18 +411,17 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         """Every change after `state`, forever: each wake-up reads the history rows
         after the last version sent, up to the checkpoint (rows past it may belong to a
         batch the projector is still writing), in batches of WATCH_BATCH."""
-        where: dict[str, Scalar] = {"account_id": current["account_id"]}
-        version = -1 if state is None else int(state["version"])
+        account_id = current["account_id"]
+        version = None if state is None else int(state["version"])
         while True:
-            rows = await self._views.find(
-                ACCOUNT_HISTORY, where=where, order_by="version", after=version, limit=WATCH_BATCH
+            rows = await self._history(
+                ACCOUNT_HISTORY, account_id, after=version, limit=WATCH_BATCH
             )
             complete = _up_to(checkpoint, rows)
             if complete:
-                statuses = await self._views.find(
+                statuses = await self._history(
                     STATUS_HISTORY,
-                    where=where,
-                    order_by="version",
+                    account_id,
                     after=version,
                     at_most=complete[-1]["version"],
                     limit=WATCH_BATCH,

@@ -44,6 +44,7 @@ from ledger.views.port import (
     StatusValue,
     Upsert,
     check_field_name,
+    prefix_end,
 )
 
 SRV_SCHEME = "mongodb+srv://"
@@ -58,6 +59,14 @@ RawDocument = dict[str, Any]
 
 def collection_name(collection: str) -> str:
     return f"view_{check_field_name(collection)}"
+
+
+def _conjunction(terms: list[dict[str, Any]]) -> dict[str, Any]:
+    """One filter matching every term: merged, unless two constrain the same field."""
+    fields = [field for term in terms for field in term]
+    if len(fields) == len(set(fields)):
+        return {field: value for term in terms for field, value in term.items()}
+    return {"$and": terms}
 
 
 def _field(name: str) -> str:
@@ -351,23 +360,29 @@ class MongoViewStore:
         at_most: Scalar = None,
         descending: bool = False,
         limit: int,
+        key_prefix: str = "",
     ) -> list[Document]:
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
-        query: dict[str, Any] = {_field(f): v for f, v in where.items()}
+        terms: list[dict[str, Any]] = [{_field(f): v} for f, v in where.items()]
         _field(order_by)
         # As in SQLite, where None is never equal to anything; and limit 0 is no rows
         # (MongoDB would read limit 0 as "no limit").
         if limit == 0 or any(v is None for v in where.values()):
             return []
+        if key_prefix:
+            keys: dict[str, Scalar] = {"$gte": key_prefix}
+            if (end := prefix_end(key_prefix)) is not None:
+                keys["$lt"] = end
+            terms.append({KEY: keys})
         condition: dict[str, Scalar] = {}
         if after is not None:
             condition["$lt" if descending else "$gt"] = after
         if at_most is not None:
             condition["$lte"] = at_most
         if condition:
-            bound = {order_by: condition}
-            query = {"$and": [query, bound]} if order_by in query else {**query, **bound}
+            terms.append({order_by: condition})
+        query = _conjunction(terms)
         cursor = self._collection(collection).find(query, HIDDEN)
         direction = DESCENDING if descending else ASCENDING
         async with self._available():

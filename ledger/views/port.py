@@ -39,6 +39,17 @@ def check_field_name(name: str) -> str:
     return name
 
 
+def prefix_end(prefix: str) -> str | None:
+    """The least string after every string that starts with `prefix` (None: there is
+    none), so `prefix <= key < prefix_end(prefix)` is a range scan of the keys. Stores
+    compare keys by code point (SQLite's BINARY, MongoDB's default), as this does."""
+    stripped = prefix.rstrip(chr(0x10FFFF))
+    if not stripped:
+        return None
+    after = ord(stripped[-1]) + 1
+    return stripped[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # no surrogates
+
+
 @dataclass(frozen=True, slots=True)
 class Index:
     fields: tuple[str, ...]
@@ -117,6 +128,7 @@ class ViewStore(Protocol):
         at_most: Scalar = None,
         descending: bool = False,
         limit: int,
+        key_prefix: str = "",
     ) -> list[Document]:
         """Documents matching every `where` equality, ordered by `order_by` (a field
         unique within the match; ascending unless `descending`), starting after the
@@ -124,4 +136,8 @@ class ViewStore(Protocol):
         descending), and with `order_by` at most `at_most` (inclusive) when it is set.
 
         `descending=True, at_most=x, limit=1` finds the last document at or before x
-        with one indexed lookup (as-of queries)."""
+        with one indexed lookup (as-of queries).
+
+        `key_prefix` keeps only the documents whose key starts with it, read as a range
+        of the primary key: keys built as `<parent>/<sequence>` then serve a parent's
+        rows in order (with `order_by=KEY`) without a secondary index to maintain."""

@@ -28,6 +28,7 @@ from ledger.views.port import (
     StatusValue,
     Upsert,
     check_field_name,
+    prefix_end,
 )
 
 INLINE_ROWS = 100
@@ -264,9 +265,16 @@ class SqliteViewStore:
         at_most: Scalar = None,
         descending: bool = False,
         limit: int,
+        key_prefix: str = "",
     ) -> list[Document]:
         clauses = [f"{_column(field)} = ?" for field in where]
         params: list[Scalar] = list(where.values())
+        if key_prefix:
+            clauses.append("key >= ?")
+            params.append(key_prefix)
+            if (end := prefix_end(key_prefix)) is not None:
+                clauses.append("key < ?")
+                params.append(end)
         if after is not None:
             clauses.append(f"{_column(order_by)} {'<' if descending else '>'} ?")
             params.append(after)

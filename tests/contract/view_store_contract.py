@@ -402,6 +402,55 @@ class ViewStoreContract:
             after = page[-1][KEY]
         assert seen == ["p1", "p3", "p4", "p5"]
 
+    async def seed_children(self, views: ViewStore, names: Names) -> None:
+        """Rows keyed `<parent>/<n>`, beside parents whose ids extend another's ("a", "ab")."""
+        keys = ["a/1", "a/2", "a/3", "ab/1", "a", "b/1", "a0"]
+        upserts = [
+            Upsert(names.other, k, {"team": "red" if k != "a/2" else "blue"}, p)
+            for p, k in enumerate(keys, 1)
+        ]
+        await views.apply(upserts, Checkpoint(names.checkpoint("children"), len(keys)))
+
+    async def test_a_key_prefix_finds_only_the_keys_that_start_with_it(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await self.seed_children(views, names)
+
+        async def keys(
+            prefix: str,
+            *,
+            after: str | None = None,
+            at_most: str | None = None,
+            descending: bool = False,
+            limit: int = 10,
+        ) -> list[str]:
+            found = await views.find(
+                names.other,
+                where={},
+                order_by=KEY,
+                after=after,
+                at_most=at_most,
+                descending=descending,
+                limit=limit,
+                key_prefix=prefix,
+            )
+            return [d[KEY] for d in found]
+
+        assert await keys("a/") == ["a/1", "a/2", "a/3"]
+        assert await keys("a") == ["a", "a/1", "a/2", "a/3", "a0", "ab/1"]
+        assert await keys("ab/") == ["ab/1"]
+        assert await keys("c/") == []
+        assert await keys("a/", descending=True) == ["a/3", "a/2", "a/1"]
+        # With the order's bounds: the last child at or before one, and keyset paging.
+        assert await keys("a/", at_most="a/2", descending=True, limit=1) == ["a/2"]
+        assert await keys("ab/", at_most="ab/0", descending=True) == []
+        assert await keys("a/", after="a/1") == ["a/2", "a/3"]
+        assert await keys("a/", after="a/3", descending=True) == ["a/2", "a/1"]
+        found = await views.find(
+            names.other, where={"team": "red"}, order_by=KEY, limit=10, key_prefix="a/"
+        )
+        assert [d[KEY] for d in found] == ["a/1", "a/3"]
+
     # Collections created and dropped at run time, and control documents (rebuilds)
 
     async def test_create_adds_collections_to_an_open_store(

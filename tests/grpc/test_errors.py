@@ -41,6 +41,7 @@ class FailingReads(WrappedViews):
         at_most: Scalar = None,
         descending: bool = False,
         limit: int,
+        key_prefix: str = "",
     ) -> list[Document]:
         raise self._error
 

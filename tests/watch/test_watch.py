@@ -31,6 +31,7 @@ from ledger.v1 import account_command_service_pb2 as cmd
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as qry
 from ledger.views.sqlite import SqliteViewStore
+from query_server import servicer
 from query_server.servicer import AccountQueryServicer
 from tests.grpc.conftest import InProcessLedger
 from tests.support import (
@@ -243,7 +244,12 @@ async def test_changes_stream_in_order_complete_and_equal_to_the_queries(
     await watcher.cancel()
 
 
-async def test_a_reconnect_with_the_last_position_resumes_exactly(client: LedgerClient) -> None:
+@pytest.mark.parametrize("batch", [servicer.WATCH_BATCH, 2])
+async def test_a_reconnect_with_the_last_position_resumes_exactly(
+    client: LedgerClient, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(With batches of 2, finding where to resume steps down the history over pages.)"""
+    monkeypatch.setattr(servicer, "WATCH_BATCH", batch)
     account_id = new_id()
     await client.open(new_id())  # so the account does not open at the first position
     opened = await client.open(account_id)
