@@ -30,7 +30,7 @@ from ledger.eventstore.port import EventStore
 from ledger.generations import Generation, Generations, load, pending_request, save
 from ledger.parking import utc_now
 from ledger.projection import Projection
-from ledger.projection_runner import ProjectionRunner
+from ledger.projection_runner import LIVE_PACE, ProjectionRunner
 from ledger.views.port import ViewStore
 
 log = logging.getLogger("ledger.projector")
@@ -53,6 +53,7 @@ class ProjectionSupervisor:
         drop_grace: float = 10.0,
         status_interval: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
+        live_pace: float = LIVE_PACE,
     ) -> None:
         self._events = events
         self._views = views
@@ -61,6 +62,7 @@ class ProjectionSupervisor:
         self._drop_grace = timedelta(seconds=drop_grace)
         self._status_interval = status_interval
         self._clock = clock
+        self._live_pace = live_pace
         self.live: ProjectionRunner | None = None
         self.building: ProjectionRunner | None = None
         self._tasks: dict[ProjectionRunner, asyncio.Task[None]] = {}
@@ -218,6 +220,7 @@ class ProjectionSupervisor:
             rebuilding=rebuilding,
             status_interval=self._status_interval,
             clock=self._clock,
+            live_pace=self._live_pace,
         )
         self._tasks[runner] = asyncio.create_task(runner.run(), name=f"projection {runner.name}")
         return runner

@@ -11,6 +11,7 @@ from ledger.banking.views import projection
 from ledger.generations import GENERATIONS, MIN_DROP_GRACE
 from ledger.grpc.server import open_with_retry, stop_event_on_signals
 from ledger.healthcheck import heartbeat, heartbeat_path
+from ledger.projection_runner import LIVE_PACE
 from ledger.projection_supervisor import ProjectionSupervisor, ViewsAreNewer
 from ledger.settings import Env, env_float
 
@@ -23,13 +24,18 @@ async def run(env: Env) -> int:
     drop_grace = env_float(
         env, "LEDGER_VIEW_DROP_GRACE_SECONDS", 10.0, minimum=MIN_DROP_GRACE, maximum=86_400.0
     )
+    live_pace = env_float(
+        env, "LEDGER_PROJECTOR_LIVE_PACE_SECONDS", LIVE_PACE, minimum=0.0, maximum=1.0
+    )
     stop = stop_event_on_signals()
     try:
         if not await open_with_retry("event store", events.open, stop):
             return 0
         if not await open_with_retry("view store", lambda: views.open([GENERATIONS]), stop):
             return 0
-        supervisor = ProjectionSupervisor(events, views, projection, drop_grace=drop_grace)
+        supervisor = ProjectionSupervisor(
+            events, views, projection, drop_grace=drop_grace, live_pace=live_pace
+        )
 
         def status() -> str:
             runners = [r for r in (supervisor.live, supervisor.building) if r is not None]

@@ -240,6 +240,7 @@ async def test_projector_killed_mid_stream_converges_to_a_full_rebuild(
         (QUERY_SERVER, "LEDGER_VIEW_STORE", "paper"),
         (QUERY_SERVER, "LEDGER_MAX_WAIT_SECONDS", "soon"),
         (PROJECTOR, "LEDGER_VIEW_DROP_GRACE_SECONDS", "1"),  # below a reader's look
+        (PROJECTOR, "LEDGER_PROJECTOR_LIVE_PACE_SECONDS", "5"),  # past the 1 s bound
         (COMMAND_SERVER, "LEDGER_LOG_LEVEL", "loud"),
         (PROJECTOR, "LEDGER_DATA_DIR", "<a file>"),
     ],
