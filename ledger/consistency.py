@@ -3,7 +3,7 @@
 It wakes every waiting call and every watch stream when the checkpoint moves, so a
 thousand waiting queries or watchers cost one poll, and the poll runs only while
 someone waits or watches. Where the view store can tell when it changed (`changes`:
-for SQLite, ledger.sqlite_support.ChangeWatcher), the follower waits on that instead
+ViewStore.change_watcher, e.g. SQLite's), the follower waits on that instead
 of polling every `interval`: an open watch stream on a quiet ledger then costs next to
 nothing, where the 2 ms poll cost the query server about 7 % of a core. A watcher
 reads what changed for it itself, from the views, on each wake-up: nothing is buffered
@@ -16,22 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
 
 from ledger.errors import Unavailable
+from ledger.views.port import Changes
 
 PROJECTION_BEHIND = "PROJECTION_BEHIND"
 RECHECK = 0.5
 """Seconds a follower waiting on `changes` goes without looking who still waits."""
 SERVER_SHUTTING_DOWN = "SERVER_SHUTTING_DOWN"
-
-
-class Changes(Protocol):
-    async def wait(self, budget: float | None = None) -> bool:
-        """Return once the store may have changed (True), or after `budget` (False)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class CheckpointFollower:
@@ -40,10 +32,11 @@ class CheckpointFollower:
         read_position: Callable[[], Awaitable[int]],
         *,
         interval: float = 0.002,
-        changes: Callable[[], Changes] | None = None,
+        changes: Callable[[], Changes | None] | None = None,
     ) -> None:
         """`changes` makes what tells when the store changed (made on first use, kept
-        until `close_watches`); without it, the follower polls every `interval`."""
+        until `close_watches`); without it, or if it makes None, the follower polls
+        every `interval`."""
         self._read_position = read_position
         self._interval = interval
         self._new_changes = changes

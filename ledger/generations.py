@@ -24,6 +24,7 @@ from typing import Any
 
 from ledger.errors import Unavailable
 from ledger.views.port import (
+    Changes,
     Checkpoint,
     Collection,
     Document,
@@ -197,6 +198,9 @@ class GenerationViews:
 
     async def get(self, collection: str, key: str) -> Document | None:
         return await self.inner.get(self.generation.physical(collection), key)
+
+    def change_watcher(self) -> Changes | None:
+        return self.inner.change_watcher()
 
     async def find(
         self,

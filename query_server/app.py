@@ -11,7 +11,6 @@ from ledger.generations import GENERATIONS, ActiveGenerationFollower, Generation
 from ledger.grpc.server import Service, open_with_retry, serve
 from ledger.settings import Env, bind_host, env_float, port, shutdown_grace
 from ledger.v1 import account_query_service_pb2, account_query_service_pb2_grpc
-from ledger.views.sqlite import SqliteViewStore
 from query_server.servicer import AccountQueryServicer
 
 DESCRIPTOR = account_query_service_pb2.DESCRIPTOR.services_by_name["AccountQueryService"]
@@ -29,7 +28,7 @@ async def run(env: Env) -> int:
     )
     follower = CheckpointFollower(
         lambda: store.checkpoint(views.generation.name),
-        changes=store.change_watcher if isinstance(store, SqliteViewStore) else None,
+        changes=store.change_watcher,
     )
     servicer = AccountQueryServicer(
         views,

@@ -350,6 +350,10 @@ class MongoViewStore:
             raw = await self._collection(collection).find_one({KEY: key}, HIDDEN)
         return None if raw is None else _document(raw)
 
+    def change_watcher(self) -> None:
+        """None: readers poll. (A change stream could tell, but needs a replica set.)"""
+        return None
+
     async def find(
         self,
         collection: str,

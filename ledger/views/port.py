@@ -71,6 +71,16 @@ class Upsert:
     position: int
 
 
+class Changes(Protocol):
+    """Tells when a store may have changed: what a reader waits on instead of polling."""
+
+    async def wait(self, budget: float | None = None) -> bool:
+        """Return once the store may have changed (True), or after `budget` (False)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     name: str
@@ -117,6 +127,10 @@ class ViewStore(Protocol):
         """Every status record, ordered by name, each with its name under `_id`."""
 
     async def get(self, collection: str, key: str) -> Document | None: ...
+
+    def change_watcher(self) -> Changes | None:
+        """A new watcher that wakes when a commit (by any process) may have changed the
+        store, for the caller to close; None where the store has none (readers poll)."""
 
     async def find(
         self,

@@ -165,8 +165,7 @@ class SqliteViewStore:
         self._signaller.close()
 
     def change_watcher(self) -> ChangeWatcher:
-        """Wakes when another process commits here (a projector's batch, its status):
-        what a reader waiting for a checkpoint waits on, instead of polling it."""
+        """Wakes when another connection commits here (a projector's batch, its status)."""
         return ChangeWatcher(self._path)
 
     async def create(self, collections: Sequence[Collection]) -> None:

@@ -24,6 +24,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 class TestSqliteViewStore(ViewStoreContract):
+    signals_changes = True
+
     @pytest.fixture
     async def views(self, tmp_path: Path, names: Names) -> AsyncIterator[ViewStore]:
         store = SqliteViewStore(db_path(tmp_path))

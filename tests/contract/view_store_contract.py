@@ -14,6 +14,7 @@ by a shared, long-lived server passes too (and tests never see each other's data
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,6 +70,9 @@ PEOPLE: list[tuple[str, dict[str, Scalar]]] = [
 
 class ViewStoreContract:
     """Semantics of ledger.views.port.ViewStore."""
+
+    signals_changes = False
+    """Whether the adapter's change_watcher tells of commits (else readers poll)."""
 
     @pytest.fixture
     def names(self) -> Names:
@@ -450,6 +454,25 @@ class ViewStoreContract:
             names.other, where={"team": "red"}, order_by=KEY, limit=10, key_prefix="a/"
         )
         assert [d[KEY] for d in found] == ["a/1", "a/3"]
+
+    async def test_a_change_watcher_wakes_on_a_commit_or_there_is_none(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        watcher = views.change_watcher()
+        assert (watcher is not None) == self.signals_changes
+        if watcher is None:
+            return
+        try:
+            assert await watcher.wait(0.05) is False  # nothing committed: the budget ends it
+            waiting = asyncio.create_task(watcher.wait(30.0))
+            await asyncio.sleep(0.05)
+            await views.apply(
+                [Upsert(names.other, "w1", {"a": 1}, 1)], Checkpoint(names.checkpoint("w"), 1)
+            )
+            async with asyncio.timeout(10):  # a guard against a hang, not a measurement
+                assert await waiting is True
+        finally:
+            watcher.close()
 
     # Collections created and dropped at run time, and control documents (rebuilds)
 
