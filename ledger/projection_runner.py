@@ -42,7 +42,7 @@ LIVE_PACE = 0.01
 An event that comes after a quiet spell is read and written at once; while events keep
 coming, those of the next `LIVE_PACE` seconds are read and written together. Each batch
 costs the same reads, wake-ups, thread hand-offs and commit whatever its size, and under
-load that fixed cost was most of the projector's time per event (batches of 3-4 events);
+load that fixed cost was about half the projector's time per event (batches of 3-4 events);
 read-your-writes waits at most this much longer, and only under load."""
 LIVE_WITHIN = timedelta(seconds=1)
 """A batch whose last event was recorded this recently is live (else catching up: never
