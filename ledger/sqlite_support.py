@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -155,7 +156,9 @@ class ChangeWatcher:
     spell at once. While commits keep coming, a 2 ms poll finds one nearly every time
     and takes them in batches, so it stays: a wake-up per commit would only add
     wake-ups, each tied to the writer's own busy moment. Without signals (not Linux),
-    it polls every `interval` seconds throughout.
+    it polls every `interval` seconds throughout. A new watcher also polls for its first
+    RELIST_SECONDS: writers list their listeners that often, so a commit meanwhile may
+    not signal it (the first read-your-writes after a query server starts waited 0.1 s).
     """
 
     def __init__(
@@ -166,6 +169,7 @@ class ChangeWatcher:
         self._interval = interval
         self._idle_interval = max(interval, signalled_interval)
         self._changed_at = -QUIET
+        self._known_by_writers_at = time.monotonic() + commit_signals.RELIST_SECONDS
         self._seen = self._version()
 
     def _version(self) -> int:
@@ -178,8 +182,11 @@ class ChangeWatcher:
         deadline = None if budget is None else loop.time() + budget
         while True:
             now = loop.time()
-            # Quiet for QUIET seconds: wait for a signal (if there can be one), not the poll.
-            signals = self._signals if now - self._changed_at >= QUIET else None
+            # Quiet for QUIET seconds (and listed by writers by now): wait for a signal (if
+            # there can be one), not the poll.
+            known = time.monotonic() >= self._known_by_writers_at
+            quiet = known and now - self._changed_at >= QUIET
+            signals = self._signals if quiet else None
             if signals is not None:
                 signals.clear()  # a commit after the look below signals anew
             current = self._version()

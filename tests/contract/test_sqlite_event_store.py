@@ -351,6 +351,7 @@ async def test_an_idle_watcher_stops_polling_and_still_sees_a_commit(
     try:
         await sqlite_store.append(unique(), events(1), NO_STREAM)
         assert await watcher.wait(budget=TIMEOUT)  # seen: it polls while commits come
+        await asyncio.sleep(commit_signals.RELIST_SECONDS)  # writers have listed it by now
         looks = 0
         assert not await watcher.wait(budget=2.0)
         assert looks < 100  # polling every 2 ms throughout would look about 1,000 times
@@ -358,5 +359,24 @@ async def test_an_idle_watcher_stops_polling_and_still_sees_a_commit(
         await asyncio.sleep(0.2)
         await sqlite_store.append(unique(), events(1), NO_STREAM)
         assert await asyncio.wait_for(waiting, TIMEOUT)
+    finally:
+        watcher.close()
+
+
+@pytest.mark.skipif(not commit_signals.supported(), reason="Linux only")
+async def test_a_new_watcher_sees_a_commit_before_writers_have_listed_it(
+    sqlite_store: SqliteEventStore, tmp_path: Path
+) -> None:
+    """A writer lists its listeners every RELIST_SECONDS, so its next commit signals only
+    those it listed; a watcher made since must poll meanwhile, not wait for a signal (here
+    the fallback look is an hour away)."""
+    await sqlite_store.append(unique(), events(1), NO_STREAM)  # the writer lists listeners
+    watcher = ChangeWatcher(db_path(tmp_path), interval=0.002, signalled_interval=3600)
+    try:
+        waiting = asyncio.create_task(watcher.wait(budget=3600))
+        await asyncio.sleep(0.02)  # it has looked once and waits
+        await sqlite_store.append(unique(), events(1), NO_STREAM)  # signals only the listed
+        # Well before the writer lists listeners again (and it would only on a later commit).
+        assert await asyncio.wait_for(waiting, commit_signals.RELIST_SECONDS * 0.8)
     finally:
         watcher.close()
