@@ -156,9 +156,10 @@ class ChangeWatcher:
     spell at once. While commits keep coming, a 2 ms poll finds one nearly every time
     and takes them in batches, so it stays: a wake-up per commit would only add
     wake-ups, each tied to the writer's own busy moment. Without signals (not Linux),
-    it polls every `interval` seconds throughout. A new watcher also polls for its first
-    RELIST_SECONDS: writers list their listeners that often, so a commit meanwhile may
-    not signal it (the first read-your-writes after a query server starts waited 0.1 s).
+    it polls every `interval` seconds throughout. A new watcher also looks every `interval`
+    (at most) for its first RELIST_SECONDS, signals or not: writers list their listeners
+    that often, so a commit meanwhile may not signal it (the first read-your-writes after
+    a query server started waited for the 0.1 s look).
     """
 
     def __init__(
@@ -182,11 +183,8 @@ class ChangeWatcher:
         deadline = None if budget is None else loop.time() + budget
         while True:
             now = loop.time()
-            # Quiet for QUIET seconds (and listed by writers by now): wait for a signal (if
-            # there can be one), not the poll.
-            known = time.monotonic() >= self._known_by_writers_at
-            quiet = known and now - self._changed_at >= QUIET
-            signals = self._signals if quiet else None
+            # Quiet for QUIET seconds: wait for a signal (if there can be one), not the poll.
+            signals = self._signals if now - self._changed_at >= QUIET else None
             if signals is not None:
                 signals.clear()  # a commit after the look below signals anew
             current = self._version()
@@ -194,6 +192,9 @@ class ChangeWatcher:
                 self._seen, self._changed_at = current, now
                 return True
             pause = self._interval if signals is None else self._idle_interval
+            unlisted = self._known_by_writers_at - time.monotonic()
+            if signals is not None and unlisted > 0:  # not every writer signals it yet
+                pause = min(pause, self._interval, unlisted)
             if deadline is not None:
                 pause = min(pause, deadline - now)
                 if pause <= 0:
