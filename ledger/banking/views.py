@@ -15,10 +15,11 @@ its row), not one per view. `status_history` holds the events that set the statu
 Handlers see only their event, so each row holds what that event determines; the state
 as of version v (GetAccountAsOf) is the last account_history row at or before v, its
 balance from the last row at or before v that set one (the last transaction, else the
-opening), its status from the last status_history row: descending limit-1 index
-lookups. Owner, currency and opening time never change and come from the `accounts`
-document. WatchAccount streams the account_history rows in version order (after the
-last version it sent).
+opening), its status from the last status_history row: each a descending limit-1
+read of the account's key range (`history_rows`), which no index needs; only the as-of
+by time uses one. Owner, currency and opening time never change and come from the
+`accounts` document. WatchAccount streams the account_history rows in version order
+(after the last version it sent).
 """
 
 from __future__ import annotations
