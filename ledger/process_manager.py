@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ledger.backoff import Backoff
 from ledger.errors import ConcurrencyConflict, LedgerError, Unavailable
 from ledger.eventstore.codec import EventCodec, EventMetadata
+from ledger.eventstore.pacing import LIVE_PACE, paced
 from ledger.eventstore.port import ANY_VERSION, EventStore, RecordedEvent
 
 log = logging.getLogger("ledger.processmanager")
@@ -70,12 +71,14 @@ class ProcessManager:
         checkpoint_interval: float = 1.0,
         checkpoint_every: int = 1000,
         max_delay: float = 5.0,
+        live_pace: float = LIVE_PACE,
     ) -> None:
         self._store = store
         self._name = name
         self._stream_prefixes = tuple(stream_prefixes)
         self._event_types = tuple(event_types)  # what `react` may act on: the store skips the rest
         self._react = react
+        self._live_pace = live_pace  # see LIVE_PACE: most commits hold nothing it acts on
         self._slots = asyncio.Semaphore(concurrency)
         self._checkpoint_interval = checkpoint_interval
         self._checkpoint_every = checkpoint_every
@@ -116,7 +119,7 @@ class ProcessManager:
         subscription = self._store.subscribe(
             self.position, stream_prefixes=self._stream_prefixes, event_types=self._event_types
         )
-        async for batch in subscription:
+        async for batch in paced(subscription, self._live_pace):
             steps = [s for r in batch.events if (s := self._react(r)) is not None]
             if steps:
                 async with asyncio.TaskGroup() as group:

@@ -23,10 +23,11 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from ledger.backoff import Backoff
 from ledger.errors import Unavailable
+from ledger.eventstore.pacing import LIVE_PACE, paced
 from ledger.eventstore.port import EventStore, RecordedEvent, SubscriptionBatch
 from ledger.generations import Generation, GenerationViews
 from ledger.parking import describe, park, parked_events, utc_now
@@ -36,17 +37,6 @@ from ledger.views.port import Checkpoint, StatusValue, Upsert, ViewStore
 log = logging.getLogger("ledger.projector")
 RATE_WINDOW = 10.0
 """Seconds over which events_per_second is measured."""
-LIVE_PACE = 0.01
-"""Seconds the reader waits after a live batch before it asks for the next one.
-
-An event that comes after a quiet spell is read and written at once; while events keep
-coming, those of the next `LIVE_PACE` seconds are read and written together. Each batch
-costs the same reads, wake-ups, thread hand-offs and commit whatever its size, and under
-load that fixed cost was about half the projector's time per event (batches of 3-4 events);
-read-your-writes waits at most this much longer, and only under load."""
-LIVE_WITHIN = timedelta(seconds=1)
-"""A batch whose last event was recorded this recently is live (else catching up: never
-paced)."""
 
 
 class State(enum.StrEnum):
@@ -160,7 +150,7 @@ class ProjectionRunner:
         )
         ahead: asyncio.Queue[SubscriptionBatch | Exception] = asyncio.Queue(READ_AHEAD)
         reader = asyncio.create_task(
-            _read_ahead(subscription, ahead, self._live_pace, self._clock),
+            _read_ahead(paced(subscription, self._live_pace), ahead),
             name="projection-read",
         )
         in_flight: _Write | None = None
@@ -340,19 +330,14 @@ class _Write:
 async def _read_ahead(
     subscription: AsyncIterator[SubscriptionBatch],
     ahead: asyncio.Queue[SubscriptionBatch | Exception],
-    pace: float,
-    clock: Callable[[], datetime],
 ) -> None:
-    """Feed the subscription's batches into `ahead`, then its error if it fails; after
-    a live batch, wait `pace` seconds before reading on (LIVE_PACE).
+    """Feed the subscription's batches into `ahead`, then its error if it fails.
 
     Cancelled (or failed), it closes the subscription there and then, even when that
     waits at a `yield`, rather than leaving its connection to the garbage collector."""
     try:
         async for batch in subscription:
             await ahead.put(batch)
-            if pace and batch.events and clock() - batch.events[-1].recorded_at < LIVE_WITHIN:
-                await asyncio.sleep(pace)
     except Exception as exc:
         await ahead.put(exc)
     finally:

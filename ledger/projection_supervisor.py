@@ -26,11 +26,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from ledger.errors import Unavailable
+from ledger.eventstore.pacing import LIVE_PACE
 from ledger.eventstore.port import EventStore
 from ledger.generations import Generation, Generations, load, pending_request, save
 from ledger.parking import utc_now
 from ledger.projection import Projection
-from ledger.projection_runner import LIVE_PACE, ProjectionRunner
+from ledger.projection_runner import ProjectionRunner
 from ledger.views.port import ViewStore
 
 log = logging.getLogger("ledger.projector")

@@ -8,10 +8,10 @@ import logging
 
 from ledger.backends import event_store_from_env, view_store_from_env
 from ledger.banking.views import projection
+from ledger.eventstore.pacing import LIVE_PACE
 from ledger.generations import GENERATIONS, MIN_DROP_GRACE
 from ledger.grpc.server import open_with_retry, stop_event_on_signals
 from ledger.healthcheck import heartbeat, heartbeat_path
-from ledger.projection_runner import LIVE_PACE
 from ledger.projection_supervisor import ProjectionSupervisor, ViewsAreNewer
 from ledger.settings import Env, env_float
 

@@ -338,6 +338,10 @@ class KurrentDBEventStore:
 
         The server filters by stream name; `event_types` are filtered here (a server-side
         filter takes stream names or event types, not both), before any decoding.
+
+        A batch is caught up when the server has said it caught up (and not since that
+        it fell behind) and nothing more is waiting: the batch that ends a catch-up may
+        not be marked, the live ones after it are.
         """
         pattern = _streams_regex(stream_prefixes)
         types = frozenset(event_types)
@@ -353,11 +357,14 @@ class KurrentDBEventStore:
                     include_checkpoints=True,
                     window_size=self._window_size,
                     checkpoint_interval_multiplier=self._checkpoint_multiplier,
+                    include_caught_up=True,
+                    include_fell_behind=True,
                 )
             except TRANSIENT as exc:
                 await self._pause(exc, last, backoff)
                 continue
             pump = asyncio.create_task(_pump(subscription, items), name="kurrentdb-subscription")
+            live = False  # the server said it caught up (and did not fall behind since)
             try:
                 while True:
                     taken = [await items.get()]
@@ -365,8 +372,14 @@ class KurrentDBEventStore:
                         taken.append(items.get_nowait())
                     # The pump ends with the failure, so whatever came before it still counts.
                     failure = next((i for i in taken if isinstance(i, BaseException)), None)
-                    received = [i for i in taken if isinstance(i, KurrentRecordedEvent)]
-                    batch = await self._batch(received, last, types)
+                    received = []
+                    for item in taken:
+                        if isinstance(item, KurrentRecordedEvent):
+                            if item.is_caught_up or item.is_fell_behind:
+                                live = item.is_caught_up
+                            else:
+                                received.append(item)
+                    batch = await self._batch(received, last, types, live and items.empty())
                     if batch is not None:
                         yield batch
                         last = batch.position
@@ -383,7 +396,11 @@ class KurrentDBEventStore:
                     await subscription.stop()
 
     async def _batch(
-        self, received: list[KurrentRecordedEvent], last: int, types: frozenset[str]
+        self,
+        received: list[KurrentRecordedEvent],
+        last: int,
+        types: frozenset[str],
+        caught_up: bool,
     ) -> SubscriptionBatch | None:
         events: list[RecordedEvent] = []
         position = last
@@ -398,7 +415,7 @@ class KurrentDBEventStore:
                 position = item.commit_position
         if position <= last:
             return None
-        return SubscriptionBatch(tuple(events), position)
+        return SubscriptionBatch(tuple(events), position, caught_up)
 
     async def _checkpoint_position(self, checkpoint: int) -> int:
         """The last event before a checkpoint: a position that is safe to resume after."""

@@ -75,6 +75,10 @@ class SubscriptionBatch:
 
     events: tuple[RecordedEvent, ...]
     position: int
+    caught_up: bool = False
+    """Nothing after `position` was in the log when the batch was read (as far as the
+    store can tell; False while catching up). A reader may then wait before it asks for
+    more without falling behind (ledger.eventstore.pacing)."""
 
 
 class EventStore(Protocol):

@@ -507,7 +507,7 @@ class SqliteEventStore:
                     await watcher.wait()
                     continue
                 position = read.upto
-                yield SubscriptionBatch(events=read.events, position=position)
+                yield SubscriptionBatch(read.events, position, caught_up=read.upto >= read.head)
         finally:
             watcher.close()
 

@@ -92,6 +92,24 @@ async def collect(
     return await asyncio.wait_for(run(), TIMEOUT)
 
 
+async def until_batch_at(
+    batches: AsyncIterator[SubscriptionBatch], position: int | None
+) -> list[SubscriptionBatch]:
+    """The batches up to the one that reaches `position` (None: the next one with events)."""
+
+    async def run() -> list[SubscriptionBatch]:
+        seen: list[SubscriptionBatch] = []
+        async for batch in batches:
+            if position is None and not batch.events:
+                continue
+            seen.append(batch)
+            if position is None or batch.position >= position:
+                return seen
+        raise AssertionError("a subscription ended by itself")
+
+    return await asyncio.wait_for(run(), TIMEOUT)
+
+
 async def until_position(
     batches: AsyncIterator[SubscriptionBatch], position: int
 ) -> list[RecordedEvent]:
@@ -557,6 +575,26 @@ class EventStoreContract:
             await store.append(f"{prefix}other-9", events(100), NO_STREAM)
             live = await store.append(f"{prefix}wanted-3", events(1), NO_STREAM)
             assert [e.position for e in await waiting] == [live.position]
+
+    async def test_only_batches_at_the_head_are_caught_up(self, store: EventStore) -> None:
+        """`caught_up` lets a reader wait before reading on (pacing): never on a batch with
+        more of the log after it, and on the batch of a live append."""
+        prefix = unique()
+        before = await store.head_position()
+        for n in range(5):
+            await store.append(f"{prefix}-{n}", events(500), NO_STREAM)
+        last = (await store.append(f"{prefix}-last", events(1), NO_STREAM)).position
+        async with subscription(store, before, [prefix]) as batches:
+            backlog = await until_batch_at(batches, last)
+            behind = [b for b in backlog if b.position < last]
+            assert behind, "a backlog of 2,501 events came in one batch"
+            assert not any(b.caught_up for b in behind)
+            waiting = asyncio.create_task(until_batch_at(batches, None))
+            await asyncio.sleep(0.05)  # let the subscription go idle; not a timing assertion
+            live = await store.append(f"{prefix}-live", events(1), NO_STREAM)
+            (batch,) = await waiting
+        assert [e.position for e in batch.events] == [live.position]
+        assert batch.caught_up
 
     async def test_subscribe_delivers_live_appends(self, store: EventStore) -> None:
         prefix = unique()

@@ -4,6 +4,7 @@ several process managers at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -19,11 +20,12 @@ from ledger.domain.accounts import (
     TransferCreditRejected,
 )
 from ledger.errors import Unavailable
-from ledger.eventstore.port import AppendResult, NewEvent
+from ledger.eventstore.port import NO_STREAM, AppendResult, NewEvent, RecordedEvent
 from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.process_manager import ProcessManager
 from ledger.views.port import Checkpoint
 from ledger.views.sqlite import SqliteViewStore
+from tests.contract.event_store_contract import events as new_events
 from tests.transfers.bank import AT, Bank, clock, running, sqlite_bank, wait_until
 
 
@@ -248,3 +250,28 @@ def test_no_client_can_send_a_step_request_id() -> None:
 
     for step in ("credit", "settle", "refund"):
         assert check_request_id(step_request_id("t-1", step)) != []
+
+
+async def test_after_a_caught_up_batch_the_process_manager_waits_its_pace(path: Path) -> None:
+    """Most commits hold nothing a process manager acts on: at the head it reads what
+    came in the last `live_pace` seconds together, not each commit as it lands."""
+    seen: list[str] = []
+
+    def react(recorded: RecordedEvent) -> None:
+        seen.append(recorded.stream)
+
+    async with sqlite_bank(path) as bank:
+        for n in range(3):
+            await bank.store.append(f"thing-{n}", new_events(1), NO_STREAM)
+        manager = ProcessManager(
+            bank.store, name="paced", stream_prefixes=("thing-",), react=react, live_pace=60
+        )
+        async with running(manager):
+
+            async def all_three() -> bool:
+                return len(seen) == 3
+
+            await wait_until(all_three, "the events already in the log")
+            await bank.store.append("thing-3", new_events(1), NO_STREAM)
+            await asyncio.sleep(0.3)
+            assert seen == ["thing-0", "thing-1", "thing-2"]  # thing-3 waits for the pace
