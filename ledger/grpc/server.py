@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ledger.backoff import Backoff
 from ledger.errors import Unavailable
-from ledger.grpc.errors import ErrorMappingInterceptor
+from ledger.grpc.errors import with_error_mapping
 
 log = logging.getLogger("ledger.server")
 Servicer = TypeVar("Servicer", bound=Any)
@@ -40,8 +40,10 @@ class Service:
         add_to_server: Callable[[Servicer, grpc.aio.Server], None],
         descriptor: ServiceDescriptor,
     ) -> Service:
-        """From generated code: the servicer, its add_*_to_server, its descriptor."""
-        return cls(descriptor.full_name, lambda server: add_to_server(servicer, server))
+        """From generated code: the servicer, its add_*_to_server, its descriptor; its
+        errors leave as the statuses ledger.grpc.errors maps them to."""
+        mapped = with_error_mapping(servicer, descriptor)
+        return cls(descriptor.full_name, lambda server: add_to_server(mapped, server))
 
 
 def stop_event_on_signals() -> asyncio.Event:
@@ -89,9 +91,7 @@ async def serve(
     which would otherwise hold the server for the whole grace period); `background`
     jobs run from `start` until after the grace period, then are cancelled before `stop`."""
     # No SO_REUSEPORT: a second server on a taken port must fail, not share the traffic.
-    server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()], options=[("grpc.so_reuseport", 0)]
-    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:

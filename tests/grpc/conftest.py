@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from command_server.app import DESCRIPTOR as COMMAND_SERVICE
 from command_server.servicer import AccountCommandServicer
 from ledger.application.clock import Clock, utc_now
 from ledger.application.command_handler import CommandHandler
@@ -20,11 +21,12 @@ from ledger.banking.views import codec, projection
 from ledger.consistency import CheckpointFollower
 from ledger.domain import accounts
 from ledger.eventstore.sqlite import SqliteEventStore
-from ledger.grpc.errors import ErrorMappingInterceptor
+from ledger.grpc.server import Service
 from ledger.projection_runner import ProjectionRunner
 from ledger.v1 import account_command_service_pb2_grpc, account_query_service_pb2_grpc
 from ledger.views.port import ViewStore
 from ledger.views.sqlite import SqliteViewStore
+from query_server.app import DESCRIPTOR as QUERY_SERVICE
 from query_server.servicer import AccountQueryServicer
 from tests.support import LedgerClient, connect
 
@@ -59,27 +61,29 @@ class InProcessLedger:
         self.command_target = await self._command_server(events)
         read_views = self.wrap_views(views)
         follower = CheckpointFollower(lambda: read_views.checkpoint(projection.checkpoint_name))
-        queries = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-        account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
+        queries = grpc.aio.server()
+        Service.of(
             AccountQueryServicer(
                 read_views,
                 follower,
                 max_wait=self.max_wait,
                 views_version=lambda: self.views_version,
             ),
-            queries,
-        )
+            account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server,
+            QUERY_SERVICE,
+        ).register(queries)
         self.query_target = f"127.0.0.1:{queries.add_insecure_port('127.0.0.1:0')}"
         await queries.start()
         self._servers.append(queries)
         await self.start_projector()
 
     async def _command_server(self, events: SqliteEventStore) -> str:
-        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-        account_command_service_pb2_grpc.add_AccountCommandServiceServicer_to_server(
+        server = grpc.aio.server()
+        Service.of(
             AccountCommandServicer(CommandHandler(events, accounts.accounts, codec), self.clock),
-            server,
-        )
+            account_command_service_pb2_grpc.add_AccountCommandServiceServicer_to_server,
+            COMMAND_SERVICE,
+        ).register(server)
         target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         self._servers.append(server)

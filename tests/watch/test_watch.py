@@ -26,12 +26,13 @@ from ledger.consistency import SERVER_SHUTTING_DOWN, CheckpointFollower
 from ledger.domain import accounts
 from ledger.domain.accounts import CreditTransfer, RefundTransfer, SettleTransfer
 from ledger.eventstore.sqlite import SqliteEventStore
-from ledger.grpc.errors import ErrorMappingInterceptor
+from ledger.grpc.server import Service
 from ledger.v1 import account_command_service_pb2 as cmd
 from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
 from ledger.v1 import account_query_service_pb2 as qry
 from ledger.views.sqlite import SqliteViewStore
 from query_server import servicer
+from query_server.app import DESCRIPTOR as QUERY_SERVICE
 from query_server.servicer import AccountQueryServicer
 from tests.grpc.conftest import InProcessLedger
 from tests.support import (
@@ -70,10 +71,12 @@ class WatchedLedger(InProcessLedger):
         # As the query server wires it for SQLite: woken by the projector's commits.
         self.follower = CheckpointFollower(read_position, changes=views.change_watcher)
         self.servicer = AccountQueryServicer(views, self.follower, max_wait=self.max_wait)
-        server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-        account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server(
-            self.servicer, server
-        )
+        server = grpc.aio.server()
+        Service.of(
+            self.servicer,
+            account_query_service_pb2_grpc.add_AccountQueryServiceServicer_to_server,
+            QUERY_SERVICE,
+        ).register(server)
         self.query_target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         self._servers.append(server)
