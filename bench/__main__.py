@@ -151,6 +151,11 @@ def load(
     cpu = ", ".join(f"{k} {v}" for k, v in result.cpu_ms_per_call.items())
     log(f"{label}: {result.throughput:.0f}/s, p99 {result.summary()['p99_ms']} ms")
     log(f"  CPU ms per call: {cpu}")
+    for name, loop in result.loop_threads.items():
+        log(
+            f"  {name} event-loop thread: {loop['ms_per_call']} ms per call, running"
+            f" {loop['running_pct']}%, waiting for a CPU {loop['waiting_pct']}%"
+        )
     return result
 
 

@@ -59,6 +59,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_thread_ns(pid: int) -> tuple[int, int] | None:
+    """(running, waiting for a CPU) nanoseconds so far of a process's main thread, which
+    runs a server's event loop, from /proc (schedstat); None if the kernel keeps none."""
+    try:
+        running, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(running), int(waiting)
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -82,6 +92,10 @@ class LoadResult:
     cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
     """CPU time per counted call over the measured window: each watched process, the
     load clients together, and `machine_busy_pct` (all CPUs, anything running)."""
+    loop_threads: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Each watched server's event-loop thread over the window: `ms_per_call` of CPU, and
+    the share of the window it spent `running_pct` and `waiting_pct` for a CPU. A thread
+    runnable nearly all the time bounds its server's throughput."""
 
     @property
     def throughput(self) -> float:
@@ -96,6 +110,7 @@ class LoadResult:
             **{f"{k}_ms": v for k, v in percentiles(self.latencies_ms).items()},
             "client_peak_rss_mib": round(self.client_peak_rss_kib / 1024, 1),
             "cpu_ms_per_call": self.cpu_ms_per_call,
+            "loop_thread": self.loop_threads,
         }
         if self.write_latencies_ms:
             out.update(
@@ -220,12 +235,14 @@ def run_load(load: Load) -> LoadResult:
     last, last_t = 0, time.time()
     pids = [*load.watch, *((f"client-{i}", w.pid or 0) for i, w in enumerate(workers))]
     cpu_at: list[tuple[dict[str, float], tuple[float, float]]] = []
+    loops_at: list[tuple[dict[str, tuple[int, int] | None], int]] = []
     marks = [start + load.warmup, end]  # CPU times are read at the window's two ends
     while time.time() < end + 0.5:
         time.sleep(min(0.5, max(0.01, marks[0] - time.time())) if marks else 0.5)
         if marks and time.time() >= marks[0]:
             marks.pop(0)
             cpu_at.append(({n: cpu_seconds(p) for n, p in pids}, machine_busy_seconds()))
+            loops_at.append(({n: loop_thread_ns(p) for n, p in load.watch}, time.monotonic_ns()))
         now, done = time.time(), sum(progress)
         phase = "starting" if now < start else "warm-up" if now < start + load.warmup else "measure"
         rate = (done - last) / max(1e-9, now - last_t)
@@ -254,6 +271,7 @@ def run_load(load: Load) -> LoadResult:
         max_position=max(p["max_position"] for p in parts),
         client_peak_rss_kib=max(p["rss_kib"] for p in parts),
         cpu_ms_per_call=_cpu_per_call(cpu_at, sum(p["ops"] for p in parts)),
+        loop_threads=_loop_threads(loops_at, sum(p["ops"] for p in parts)),
     )
 
 
@@ -267,4 +285,25 @@ def _cpu_per_call(
     out = {n: round(v, 3) for n, v in per_call.items() if not n.startswith("client-")}
     out["clients"] = round(sum(v for n, v in per_call.items() if n.startswith("client-")), 3)
     out["machine_busy_pct"] = round(100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1)
+    return out
+
+
+def _loop_threads(
+    loops_at: list[tuple[dict[str, tuple[int, int] | None], int]], ops: int
+) -> dict[str, dict[str, float]]:
+    if len(loops_at) < 2 or not ops:
+        return {}
+    (before, start), (after, end) = loops_at
+    wall = max(1, end - start)
+    out = {}
+    for name, first in before.items():
+        last = after.get(name)
+        if first is None or last is None:
+            continue
+        running, waiting = last[0] - first[0], last[1] - first[1]
+        out[name] = {
+            "ms_per_call": round(running / 1e6 / ops, 3),
+            "running_pct": round(100 * running / wall, 1),
+            "waiting_pct": round(100 * waiting / wall, 1),
+        }
     return out

@@ -58,6 +58,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         for name, ours, base in (("(a)", a, c["deposit"]), ("(e)", e, c["get_account"])):
             if ours.get("cpu_ms_per_call") and base.get("cpu_ms_per_call"):
                 out.append(_cpu_row(name, ours["cpu_ms_per_call"], base["cpu_ms_per_call"]))
+            if ours.get("loop_thread") and base.get("loop_thread"):
+                out.append(_loop_row(name, ours["loop_thread"], base["loop_thread"]))
         out.append(
             (
                 "(b) deposits, one hot account",
@@ -160,6 +162,34 @@ def _cpu_row(
         "ceiling " + base_text,
         f"{base_total / ours_total:.3f}" if ours_total else "-",
         "reported (ceiling/Ledger: the ratio if CPU-bound)",
+    )
+
+
+def _loop_row(
+    name: str, ours: dict[str, dict[str, float]], base: dict[str, dict[str, float]]
+) -> tuple[str, str, str, str, str]:
+    """The busiest event-loop thread on each side (the one runnable the longest): when it
+    is runnable nearly all the time, throughput is its share of a CPU over its CPU per
+    call, and base/ours of the latter is the ratio if both got the same share."""
+
+    def busiest(loops: dict[str, dict[str, float]]) -> tuple[str, float]:
+        process, loop = max(
+            loops.items(), key=lambda kv: kv[1]["running_pct"] + kv[1]["waiting_pct"]
+        )
+        text = (
+            f"{process} {loop['ms_per_call']:.2f} ms; running {loop['running_pct']:.0f}%,"
+            f" waiting for a CPU {loop['waiting_pct']:.0f}%"
+        )
+        return text, loop["ms_per_call"]
+
+    ours_text, ours_ms = busiest(ours)
+    base_text, base_ms = busiest(base)
+    return (
+        f"{name} event-loop thread per call, the busiest",
+        ours_text,
+        base_text,
+        f"{base_ms / ours_ms:.3f}" if ours_ms else "-",
+        "reported (ceiling/Ledger: the ratio if both loops got the same share of a CPU)",
     )
 
 
