@@ -114,16 +114,7 @@ async def until_position(
     batches: AsyncIterator[SubscriptionBatch], position: int
 ) -> list[RecordedEvent]:
     """Every event delivered up to the batch that reaches `position`."""
-
-    async def run() -> list[RecordedEvent]:
-        seen: list[RecordedEvent] = []
-        async for batch in batches:
-            seen.extend(batch.events)
-            if batch.position >= position:
-                return seen
-        raise AssertionError("a subscription ended by itself")
-
-    return await asyncio.wait_for(run(), TIMEOUT)
+    return [e for batch in await until_batch_at(batches, position) for e in batch.events]
 
 
 class EventStoreContract:
