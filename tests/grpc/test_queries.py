@@ -171,9 +171,9 @@ async def test_a_page_token_stays_valid_while_accounts_are_added(client: LedgerC
     owner = f"Owner {new_id()}"
     prefix = new_id("keyset")
     for suffix in ("1", "2", "3", "4"):
-        await client.open(f"{prefix}-{suffix}", owner_name=owner)
+        opened = await client.open(f"{prefix}-{suffix}", owner_name=owner)
     first = await client.queries.ListAccounts(
-        qry.ListAccountsRequest(owner_name=owner, page_size=2)
+        qry.ListAccountsRequest(owner_name=owner, page_size=2, min_position=opened.position)
     )
     before = await client.open(f"{prefix}-0", owner_name=owner)
     await client.open(f"{prefix}-9", owner_name=owner)
@@ -265,7 +265,9 @@ async def test_a_page_token_is_refused_by_a_different_query(client: LedgerClient
         last = await client.deposit(account_id, 5)
         await client.deposit(other_account_id, 5)
     accounts_token = (
-        await client.queries.ListAccounts(qry.ListAccountsRequest(owner_name=owner, page_size=1))
+        await client.queries.ListAccounts(
+            qry.ListAccountsRequest(owner_name=owner, page_size=1, min_position=last.position)
+        )
     ).next_page_token
     transactions_token = (
         await client.queries.ListTransactions(
