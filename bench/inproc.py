@@ -5,7 +5,6 @@ catch-up."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import statistics
 import time
@@ -13,6 +12,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ledger.application.command_handler import CommandHandler
 from ledger.banking.views import codec
@@ -227,7 +228,7 @@ def storage_ceiling(data_dir: Path) -> tuple[int, float]:
 def projector_floor(data_dir: Path, out_dir: Path, batch: int = 1000) -> tuple[int, float]:
     """The fastest conceivable projector: (events, seconds).
 
-    It reads the rows as `storage_ceiling` does, JSON-decodes each event body and
+    It reads the rows as `storage_ceiling` does, JSON-decodes each event body (orjson) and
     writes one row per event (keyed by stream and version, so in nearly ascending key
     order, the cheapest insert), each batch in one transaction with its checkpoint, on
     a file set up as the view store's (WAL, synchronous=NORMAL). No event objects, no
@@ -254,7 +255,9 @@ def projector_floor(data_dir: Path, out_dir: Path, batch: int = 1000) -> tuple[i
         while rows := cursor.fetchmany(batch):
             written = []
             for _, stream, version, position, _, data, _, _ in rows:
-                json.loads(data)  # what any projector does with a body, at the least
+                # What any projector does with a body, at the least, with the fastest
+                # decoder here (orjson, as Ledger's codec; the standard json is 1.5-2x slower).
+                orjson.loads(data)
                 written.append((f"{stream}/{version:020d}", position, data.decode()))
             views.execute("BEGIN IMMEDIATE")
             views.executemany(
