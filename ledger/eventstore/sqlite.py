@@ -14,11 +14,13 @@ fsync covers them; a snapshot lost in a crash only means a replay).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,7 +292,7 @@ class SqliteEventStore:
         self._pending: deque[_Pending] = deque()
         self._pending_lock = threading.Lock()
         self._writing = False  # the writer thread is on it (or about to be)
-        self._writer: asyncio.Future[None] | None = None
+        self._writer: Future[None] | None = None
         self._closing = False
 
     @property
@@ -313,7 +315,7 @@ class SqliteEventStore:
         """Refuse new appends, let every queued one commit and answer, then stop."""
         self._closing = True
         if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+            await asyncio.gather(asyncio.wrap_future(self._writer), return_exceptions=True)
             self._writer = None
         if self._threads is not None:
             self._threads.close()
@@ -343,8 +345,8 @@ class SqliteEventStore:
                 return
             self._writing = True
         loop = asyncio.get_running_loop()
-        writer = asyncio.ensure_future(self._db.write(functools.partial(self._write, loop=loop)))
-        writer.add_done_callback(self._writer_stopped)
+        writer = self._db.submit_write(functools.partial(self._write, loop=loop))
+        writer.add_done_callback(functools.partial(self._writer_stopped, loop=loop))
         self._writer = writer
 
     def _write(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -364,14 +366,17 @@ class SqliteEventStore:
                 outcomes = [exc] * len(group)
             loop.call_soon_threadsafe(self._answer, group, outcomes)
 
-    def _writer_stopped(self, writer: asyncio.Future[None]) -> None:
-        """If the writer thread could not start (no connection), fail what waits."""
+    def _writer_stopped(self, writer: Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        """If the writer thread could not start (no connection), fail what waits.
+
+        Runs on the writer thread (or on the caller's, if it had stopped already)."""
         if writer.cancelled() or (failure := writer.exception()) is None:
             return
         with self._pending_lock:
             group, self._pending = list(self._pending), deque()
             self._writing = False
-        self._answer(group, [failure] * len(group))
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._answer, group, [failure] * len(group))
 
     def _answer(self, group: Sequence[_Pending], outcomes: Sequence[_Outcome]) -> None:
         """On the loop's thread: each caller hears its own outcome."""
