@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import platform
@@ -56,6 +57,10 @@ class Profile:
 
 FULL = Profile("full", 10_000, 2.0, 10.0, 4, 8, 5_000, 100, 100_000, 51, 300, 1_000_000, 300.0)
 QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 21, 100, 100_000, 60.0)
+
+
+PEER_ROUNDS = 5
+"""The peer's deposits are made in this many rounds, the three sides taking turns."""
 
 
 def log(message: str) -> None:
@@ -258,20 +263,25 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
 
 
 def peer_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
-    n, accounts = profile.peer_deposits, profile.peer_accounts
-    log(f"peer: {n} sequential deposits over {accounts} accounts, Ledger in-process")
-    ledger_rate = asyncio.run(inproc.ledger_sequential_deposits(work / "peer-ledger", accounts, n))
-    log("peer: the same through eventsourcing (no aggregate cache, its default)")
-    es_rate, version = inproc.eventsourcing_sequential_deposits(
-        work / "peer-es", accounts, n, False
+    n, accounts, rounds = profile.peer_deposits, profile.peer_accounts, PEER_ROUNDS
+    log(
+        f"peer: {n} sequential deposits over {accounts} accounts, in {rounds} rounds taking"
+        " turns: Ledger in-process, eventsourcing (no aggregate cache, its default),"
+        " eventsourcing with AGGREGATE_CACHE_MAXSIZE"
     )
-    log("peer: eventsourcing with AGGREGATE_CACHE_MAXSIZE")
-    es_cached, _ = inproc.eventsourcing_sequential_deposits(work / "peer-es", accounts, n, True)
+    with (
+        inproc.LedgerDeposits(work / "peer-ledger", accounts) as ledger,
+        inproc.EventsourcingDeposits(work / "peer-es", accounts, cache=False) as es,
+        inproc.EventsourcingDeposits(work / "peer-es", accounts, cache=True) as cached,
+    ):
+        ledger_rate, es_rate, es_cached = inproc.interleaved((ledger, es, cached), n, rounds)
+    version = importlib.metadata.version("eventsourcing")
     out["peer"] = {
         "eventsourcing_version": version,
         "deposits": n,
         "accounts": accounts,
         "concurrency": "sequential (one deposit at a time, each awaited/committed)",
+        "rounds": rounds,
         "ledger_per_s": round(ledger_rate, 1),
         "eventsourcing_per_s": round(es_rate, 1),
         "eventsourcing_cached_per_s": round(es_cached, 1),

@@ -9,9 +9,10 @@ import sqlite3
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,50 +60,95 @@ async def open_accounts(data_dir: Path, ids: list[str], concurrency: int = 256) 
     return time.perf_counter() - started
 
 
-async def ledger_sequential_deposits(data_dir: Path, n_accounts: int, deposits: int) -> float:
-    """Deposits per second, one after another, through CommandHandler + SqliteEventStore."""
-    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, before timing)
-    store = SqliteEventStore(data_dir / EVENTS_FILE)
-    await store.open()
-    try:
-        handler = _handler(store)
-        ids = [f"peer-{i}" for i in range(n_accounts)]
-        for a in ids:
-            await _open(handler, a)
+class SequentialDeposits(Protocol):
+    """One side of the peer comparison, open across timed rounds: `run(count)` makes
+    `count` more deposits, one after another, each committed before the next, and
+    returns the seconds they took."""
+
+    def run(self, count: int) -> float: ...
+
+
+class LedgerDeposits:
+    """Ledger's in-process command path: CommandHandler + SqliteEventStore, on one
+    event loop kept between rounds (as the command server keeps its store open)."""
+
+    def __init__(self, data_dir: Path, n_accounts: int) -> None:
+        self._data_dir = data_dir
+        self._ids = [f"peer-{i}" for i in range(n_accounts)]
+        self._done = 0
+        self._runner = asyncio.Runner()
+        self._store = SqliteEventStore(data_dir / EVENTS_FILE)
+        self._handler = _handler(self._store)
+
+    def __enter__(self) -> LedgerDeposits:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        self._runner.run(self._open())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self._runner.run(self._store.close())
+        finally:
+            self._runner.close()
+
+    async def _open(self) -> None:
+        await self._store.open()
+        for a in self._ids:
+            await _open(self._handler, a)
+
+    def run(self, count: int) -> float:
+        return self._runner.run(self._deposits(count))
+
+    async def _deposits(self, count: int) -> float:
         started = time.perf_counter()
-        for i in range(deposits):
-            await _deposit(handler, ids[i % n_accounts], 10)
-        elapsed = time.perf_counter() - started
-    finally:
-        await store.close()
-    return deposits / elapsed
+        for _ in range(count):
+            await _deposit(self._handler, self._ids[self._done % len(self._ids)], 10)
+            self._done += 1
+        return time.perf_counter() - started
 
 
-def eventsourcing_sequential_deposits(
-    data_dir: Path, n_accounts: int, deposits: int, cache: bool
-) -> tuple[float, str]:
-    """The same deposits through the eventsourcing library's Application on its SQLite."""
-    from importlib.metadata import version
+class EventsourcingDeposits:
+    """The same deposits through the eventsourcing library's Application on its SQLite
+    (`cache`: with its aggregate cache, which it leaves off by default)."""
 
-    from bench.peer_es import Bank
+    def __init__(self, data_dir: Path, n_accounts: int, *, cache: bool) -> None:
+        from bench.peer_es import Bank
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": str(data_dir / ("es-cached.sqlite3" if cache else "es.sqlite3")),
-    }
-    if cache:
-        env["AGGREGATE_CACHE_MAXSIZE"] = str(n_accounts * 2)
-    app = Bank(env=env)
-    try:
-        ids = [app.open(f"peer-{i}") for i in range(n_accounts)]
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(data_dir / ("es-cached.sqlite3" if cache else "es.sqlite3")),
+        }
+        if cache:
+            env["AGGREGATE_CACHE_MAXSIZE"] = str(n_accounts * 2)
+        self._app = Bank(env=env)
+        self._ids = [self._app.open(f"peer-{i}") for i in range(n_accounts)]
+        self._done = 0
+
+    def __enter__(self) -> EventsourcingDeposits:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._app.close()
+
+    def run(self, count: int) -> float:
         started = time.perf_counter()
-        for i in range(deposits):
-            app.deposit(ids[i % n_accounts], 10)
-        elapsed = time.perf_counter() - started
-    finally:
-        app.close()
-    return deposits / elapsed, version("eventsourcing")
+        for _ in range(count):
+            self._app.deposit(self._ids[self._done % len(self._ids)], 10)
+            self._done += 1
+        return time.perf_counter() - started
+
+
+def interleaved(sides: Sequence[SequentialDeposits], deposits: int, rounds: int) -> list[float]:
+    """Each side's deposits per second over `deposits`, made in `rounds` rounds that take
+    turns (A, B, C, A, B, C, ...): a drift in the machine's speed then weighs on every
+    side alike, where one block after another would hand it to one side only."""
+    seconds = [0.0] * len(sides)
+    per_round = deposits // rounds
+    for _ in range(rounds):
+        for i, side in enumerate(sides):
+            seconds[i] += side.run(per_round)
+    return [per_round * rounds / s for s in seconds]
 
 
 def _deposit_events(account: str, start_balance: int, count: int, tag: str) -> list[NewEvent]:
