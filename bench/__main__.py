@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from bench.loadgen import (
     WRITE_READ,
     Load,
     LoadResult,
+    merged,
     run_load,
 )
 from ledger.v1 import account_query_service_pb2 as query_pb
@@ -59,6 +62,8 @@ FULL = Profile("full", 10_000, 2.0, 10.0, 4, 8, 5_000, 100, 100_000, 51, 300, 1_
 QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 21, 100, 100_000, 60.0)
 
 
+SERVED_ROUNDS = 2
+"""(a), its baselines, and (e) and its baseline take turns in this many windows each."""
 PEER_ROUNDS = 5
 """The peer's deposits are made in this many rounds, the three sides taking turns."""
 
@@ -164,6 +169,26 @@ def load(
     return result
 
 
+Watch = tuple[tuple[str, int], ...]
+Side = Callable[[Profile, str], LoadResult]
+"""One side of a ratio: runs its load for the window the profile gives, under a label."""
+
+
+def in_turns(profile: Profile, sides: dict[str, Side]) -> dict[str, LoadResult]:
+    """Each side's load over the profile's duration, in SERVED_ROUNDS windows that take
+    turns (A, B, A, B): a drift in the machine's speed then weighs on every side alike,
+    where one window after another would hand it to one side only."""
+    window = replace(profile, duration=profile.duration / SERVED_ROUNDS)
+    parts: dict[str, list[LoadResult]] = {name: [] for name in sides}
+    for turn in range(1, SERVED_ROUNDS + 1):
+        for name, side in sides.items():
+            parts[name].append(side(window, f"{name} {turn}/{SERVED_ROUNDS}"))
+    results = {name: merged(windows) for name, windows in parts.items()}
+    for name, result in results.items():
+        log(f"{name}, {SERVED_ROUNDS} turns: {result.throughput:.0f}/s")
+    return results
+
+
 def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     ids = [f"acct-{i:05d}" for i in range(profile.accounts)]
     data = work / "served"
@@ -171,54 +196,60 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     seconds = asyncio.run(inproc.open_accounts(data / "data", [*ids, "hot-0"]))
     out["setup"] = {"accounts_opened": len(ids) + 1, "open_seconds": round(seconds, 2)}
 
-    ceiling = Ceiling()
-    bare = (("ceiling_server", ceiling.proc.pid),)
-    try:
-        c_dep = load(
-            profile,
-            DEPOSIT_SPREAD,
-            "ceiling DepositFunds",
-            ceiling.target,
-            ceiling.target,
-            ids,
-            bare,
-        )
-        c_get = load(
-            profile, GET_ACCOUNT, "ceiling GetAccount", ceiling.target, ceiling.target, ids, bare
-        )
-    finally:
-        out["memory"] = {"ceiling_server_peak_rss_mib": ceiling.close()}
-    (work / "append-floor").mkdir(parents=True, exist_ok=True)
-    floor = Ceiling(work / "append-floor")
-    try:
-        f_dep = load(
-            profile,
-            DEPOSIT_SPREAD,
-            "(a) floor: gRPC + durable append",
-            floor.target,
-            floor.target,
-            ids,
-            (("append_floor_server", floor.proc.pid),),
-        )
-    finally:
-        floor.close()
-
-    stack = Stack(data)
-    log("starting command server, projector, query server")
-    stack.start()
-    try:
+    # Every server is up for the whole group, and each scenario's sides take turns in
+    # SERVED_ROUNDS windows: a drift in the machine's speed then weighs on both sides
+    # of a ratio alike. An idle server costs nothing (they wait on sockets and signals),
+    # and the projector has caught up before a baseline's window starts.
+    with contextlib.ExitStack() as running:
+        ceiling = Ceiling()
+        running.callback(ceiling.close)
+        (work / "append-floor").mkdir(parents=True, exist_ok=True)
+        floor = Ceiling(work / "append-floor")
+        running.callback(floor.close)
+        stack = Stack(data)
+        log("starting command server, projector, query server")
+        stack.start()
+        running.callback(stack.close)
         cmd, query = stack.command_target, stack.query_target
         wait_projected(query, "hot-0", len(ids) + 1)
         ours = tuple((n, stack[n].proc.pid) for n in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER))  # type: ignore[union-attr]
-        a = load(profile, DEPOSIT_SPREAD, "(a) deposits, 10k accounts", cmd, query, ids, ours)
-        e = load(profile, GET_ACCOUNT, "(e) GetAccount", cmd, query, ids, ours)
+        bare = (("ceiling_server", ceiling.proc.pid),)
+        at_floor = (("append_floor_server", floor.proc.pid),)
+
+        def against(target: str, watch: Watch, kind: str) -> Side:
+            return lambda window, label: load(window, kind, label, target, target, ids, watch)
+
+        def ledger(kind: str) -> Side:
+            def side(window: Profile, label: str) -> LoadResult:
+                result = load(window, kind, label, cmd, query, ids, ours)
+                wait_projected(query, "hot-0", result.max_position)  # before the next turn
+                return result
+
+            return side
+
+        deposits = in_turns(
+            profile,
+            {
+                "ceiling DepositFunds": against(ceiling.target, bare, DEPOSIT_SPREAD),
+                "(a) floor: gRPC + durable append": against(floor.target, at_floor, DEPOSIT_SPREAD),
+                "(a) deposits, 10k accounts": ledger(DEPOSIT_SPREAD),
+            },
+        )
+        c_dep, f_dep, a = deposits.values()
+        reads = in_turns(
+            profile,
+            {
+                "ceiling GetAccount": against(ceiling.target, bare, GET_ACCOUNT),
+                "(e) GetAccount": ledger(GET_ACCOUNT),
+            },
+        )
+        c_get, e = reads.values()
         b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"], ours)
         balance = get_balance(query, "hot-0", b.max_position)
         d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids, ours)
+        out["memory"] = {"ceiling_server_peak_rss_mib": peak_rss_mib(ceiling.proc.pid)}
         for name in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER):
             out["memory"][f"{name}_peak_rss_mib"] = peak_rss_mib(stack[name].proc.pid)  # type: ignore[union-attr]
-    finally:
-        stack.close()
     out["memory"]["load_client_peak_rss_mib"] = round(
         max(r.client_peak_rss_kib for r in (a, e, b, d)) / 1024, 1
     )

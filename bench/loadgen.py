@@ -16,6 +16,7 @@ import resource
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,50 @@ class LoadResult:
                 {f"write_{k}_ms": v for k, v in percentiles(self.write_latencies_ms).items()}
             )
         return out
+
+
+def merged(parts: Sequence[LoadResult]) -> LoadResult:
+    """One result from windows of the same load taken in turns with another's: calls,
+    latencies and acknowledged sums pooled; CPU per call weighted by each window's calls,
+    busy and running shares by its length. The label is the first window's, without
+    its turn ("... 1/2")."""
+    first = parts[0]
+    ops = sum(p.ops for p in parts) or 1
+    duration = sum(p.duration for p in parts)
+
+    def by_calls(values: Sequence[tuple[float, LoadResult]]) -> float:
+        return sum(v * p.ops for v, p in values) / ops
+
+    def by_time(values: Sequence[tuple[float, LoadResult]]) -> float:
+        return sum(v * p.duration for v, p in values) / duration
+
+    cpu: dict[str, float] = {}
+    for name in first.cpu_ms_per_call:
+        values = [(p.cpu_ms_per_call[name], p) for p in parts if name in p.cpu_ms_per_call]
+        average = by_time(values) if name == "machine_busy_pct" else by_calls(values)
+        cpu[name] = round(average, 1 if name == "machine_busy_pct" else 3)
+    loops: dict[str, dict[str, float]] = {}
+    for name in first.loop_threads:
+        windows = [(p.loop_threads[name], p) for p in parts if name in p.loop_threads]
+        loops[name] = {
+            "ms_per_call": round(by_calls([(w["ms_per_call"], p) for w, p in windows]), 3),
+            "running_pct": round(by_time([(w["running_pct"], p) for w, p in windows]), 1),
+            "waiting_pct": round(by_time([(w["waiting_pct"], p) for w, p in windows]), 1),
+        }
+    return LoadResult(
+        label=first.label.rsplit(" ", 1)[0],
+        ops=sum(p.ops for p in parts),
+        errors=sum(p.errors for p in parts),
+        duration=duration,
+        latencies_ms=[x for p in parts for x in p.latencies_ms],
+        write_latencies_ms=[x for p in parts for x in p.write_latencies_ms],
+        acked_amount=sum(p.acked_amount for p in parts),
+        acked_count=sum(p.acked_count for p in parts),
+        max_position=max(p.max_position for p in parts),
+        client_peak_rss_kib=max(p.client_peak_rss_kib for p in parts),
+        cpu_ms_per_call=cpu,
+        loop_threads=loops,
+    )
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
