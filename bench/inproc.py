@@ -82,7 +82,11 @@ class LedgerDeposits:
 
     def __enter__(self) -> LedgerDeposits:
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._runner.run(self._open())
+        try:
+            self._runner.run(self._open())
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:
