@@ -212,8 +212,70 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+Bars = tuple[str, str, str, float, float]
+"""(scenario, Ledger's name, the baseline's name, Ledger's value, the baseline's value)."""
+Latencies = tuple[str, str, str, tuple[str, ...], list[float], list[float]]
+"""(scenario, Ledger's name, the baseline's name, what each pair of bars is, Ledger's
+milliseconds, the baseline's)."""
+PERCENTILES = ("p50", "p95", "p99")
+SERVED = (
+    ("(a) deposits", "a_deposits_spread", "deposit"),
+    ("(e) GetAccount", "e_get_account", "get_account"),
+    ("(b) hot account", "b_hot_account", "deposit"),
+)
+"""The served scenarios against the ceiling: (label, result key, the ceiling's key)."""
+
+
+def _throughputs(r: dict[str, Any]) -> list[Bars]:
+    out: list[Bars] = []
+    if "a_deposits_spread" in r:
+        for label, key, base in SERVED:
+            ours, theirs = r[key]["throughput_per_s"], r["ceiling"][base]["throughput_per_s"]
+            out.append((label, "Ledger", "ceiling", ours, theirs))
+    if "f_catchup" in r:
+        f = r["f_catchup"]
+        ours, theirs = f["projector_events_per_s"], f["storage_ceiling_events_per_s"]
+        out.append(("(f) catch-up, events", "Ledger", "sqlite3 read", ours, theirs))
+    if "peer" in r:
+        p = r["peer"]
+        ours, theirs = p["ledger_per_s"], p["eventsourcing_per_s"]
+        out.append(("peer deposits", "Ledger", "eventsourcing", ours, theirs))
+    return out
+
+
+def _latencies(r: dict[str, Any]) -> list[Latencies]:
+    def of(result: dict[str, Any], prefix: str = "") -> list[float]:
+        return [result[f"{prefix}{q}_ms"] for q in PERCENTILES]
+
+    out: list[Latencies] = []
+    if "a_deposits_spread" in r:
+        for label, key, base in SERVED:
+            ours, theirs = of(r[key]), of(r["ceiling"][base])
+            out.append((label, "Ledger", "ceiling", PERCENTILES, ours, theirs))
+        d = r["d_write_then_read"]
+        out.append(
+            (
+                "(d) write then read",
+                "write+read",
+                "write alone",
+                PERCENTILES,
+                of(d),
+                of(d, "write_"),
+            )
+        )
+    if "c_long_stream" in r:
+        c = r["c_long_stream"]
+        long = [c["long_warm_p50_ms"], c["long_cold_p50_ms"]]
+        fresh = [c["fresh_warm_p50_ms"], c["fresh_cold_p50_ms"]]
+        ticks = ("warm p50", "cold p50")
+        events = f"{c['stream_events'] // 1000}k"
+        out.append((f"(c) {events}-event stream", "long", "fresh", ticks, long, fresh))
+    return out
+
+
 def chart(r: dict[str, Any], path: Path) -> Path | None:
-    """Throughput per served scenario beside its baseline; None without matplotlib."""
+    """Throughput (top row) and latency percentiles (bottom row) per scenario, each
+    beside its same-run baseline; None without matplotlib."""
     try:
         import matplotlib
 
@@ -221,48 +283,32 @@ def chart(r: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    pairs: list[tuple[str, float, float]] = []
-    if "a_deposits_spread" in r:
-        c = r["ceiling"]
-        pairs += [
-            (
-                "(a) deposits",
-                r["a_deposits_spread"]["throughput_per_s"],
-                c["deposit"]["throughput_per_s"],
-            ),
-            (
-                "(e) GetAccount",
-                r["e_get_account"]["throughput_per_s"],
-                c["get_account"]["throughput_per_s"],
-            ),
-            (
-                "(b) hot account",
-                r["b_hot_account"]["throughput_per_s"],
-                c["deposit"]["throughput_per_s"],
-            ),
-        ]
-    if "f_catchup" in r:
-        f = r["f_catchup"]
-        pairs.append(
-            (
-                "(f) catch-up (events)",
-                f["projector_events_per_s"],
-                f["storage_ceiling_events_per_s"],
-            )
-        )
-    if "peer" in r:
-        p = r["peer"]
-        pairs.append(("peer deposits", p["ledger_per_s"], p["eventsourcing_per_s"]))
-    if not pairs:
+    rates, latencies = _throughputs(r), _latencies(r)
+    columns = max(len(rates), len(latencies))
+    if not columns:
         return None
-    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.6))
-    if len(pairs) == 1:
-        axes = [axes]
-    for ax, (label, ours, base) in zip(axes, pairs, strict=True):
-        names = ["Ledger", "eventsourcing" if label.startswith("peer") else "ceiling"]
-        ax.bar(names, [ours, base], color=["tab:blue", "tab:gray"])
+    rows = 2 if latencies else 1
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(max(5.0, 3.2 * columns), 3.4 * rows), squeeze=False
+    )
+    for ax, (label, ours_name, base_name, ours, base) in zip(axes[0], rates, strict=False):
+        ax.bar([ours_name, base_name], [ours, base], color=["tab:blue", "tab:gray"])
         ax.set_title(f"{label}\nratio {ours / base:.2f}" if base else label, fontsize=9)
         ax.set_ylabel("per second", fontsize=8)
+    for ax, (label, ours_name, base_name, ticks, ours_ms, base_ms) in zip(
+        axes[-1], latencies, strict=False
+    ):
+        at = range(len(ticks))
+        ax.bar([x - 0.2 for x in at], ours_ms, width=0.4, color="tab:blue", label=ours_name)
+        ax.bar([x + 0.2 for x in at], base_ms, width=0.4, color="tab:gray", label=base_name)
+        ax.set_xticks(list(at), ticks)
+        ax.set_title(f"{label}: latency", fontsize=9)
+        ax.set_ylabel("ms", fontsize=8)
+        ax.legend(fontsize=7)
+    for row, used in zip(axes, (len(rates), len(latencies)), strict=False):
+        for ax in row[used:]:
+            ax.axis("off")  # an empty cell
+    for ax in axes.flat:
         ax.tick_params(labelsize=8)
     fig.suptitle(f"Ledger benchmarks ({r['profile']['name']}), same-run baselines", fontsize=10)
     fig.tight_layout()
