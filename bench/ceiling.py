@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.eventstore.port import ANY_VERSION, NewEvent
 from ledger.eventstore.sqlite import SqliteEventStore
@@ -40,15 +41,22 @@ from ledger.v1 import (
     account_query_service_pb2_grpc as query_grpc,
 )
 
-DEPOSIT = cmd_pb.DepositFundsResponse(account_id="acc", version=7, position=42, balance_minor=700)
+# As large as Ledger's answers under the load (ids, positions and balances of the same
+# magnitudes, both timestamps set): the same bytes to encode and send.
+DEPOSIT = cmd_pb.DepositFundsResponse(
+    account_id="acct-04242", version=3, position=123_456, balance_minor=4_242
+)
 ACCOUNT = query_pb.GetAccountResponse(
     account=account_pb2.Account(
-        account_id="acc",
-        owner_name="Bench Owner",
+        account_id="acct-04242",
+        owner_name="Owner acct-04242",
         currency="EUR",
-        balance_minor=700,
+        balance_minor=4_242,
         status=account_pb2.ACCOUNT_STATUS_OPEN,
-        version=7,
+        version=3,
+        position=123_456,
+        opened_at=Timestamp(seconds=1_764_800_000, nanos=123_456_000),
+        updated_at=Timestamp(seconds=1_764_800_100, nanos=654_321_000),
     )
 )
 
