@@ -13,7 +13,14 @@ import pytest
 
 from ledger import commit_signals
 from ledger.errors import Unavailable, WrongExpectedVersion
-from ledger.eventstore.port import ANY_VERSION, NO_STREAM, EventStore, NewEvent, Snapshot
+from ledger.eventstore.port import (
+    ANY_VERSION,
+    NO_STREAM,
+    AppendResult,
+    EventStore,
+    NewEvent,
+    Snapshot,
+)
 from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.sqlite_support import ChangeWatcher
 from tests.contract.event_store_contract import (
@@ -284,6 +291,27 @@ async def test_concurrent_appends_at_any_version_stack_up_in_order(
     ends = [sum(len(b) for b in batches[: i + 1]) - 1 for i in range(len(batches))]
     assert [r.version for r in results] == ends
     assert [r.position for r in results] == [recorded[end].position for end in ends]
+
+
+async def test_a_stored_id_in_a_group_refuses_only_its_own_append(
+    sqlite_store: SqliteEventStore,
+) -> None:
+    """Another stream's ids, appended at any version among fresh appends: the group's
+    one-statement insert fails whole on the unique id, and the group is retried in a
+    transaction, where only that append is refused."""
+    taken = events(1)
+    await sqlite_store.append(unique(), taken, NO_STREAM)
+    thief, others = unique(), [unique() for _ in range(8)]
+    outcomes = await asyncio.gather(
+        sqlite_store.append(thief, taken, ANY_VERSION),
+        *(sqlite_store.append(s, events(2), NO_STREAM) for s in others),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], WrongExpectedVersion), outcomes[0]
+    assert await sqlite_store.read_stream(thief) == []
+    for s, outcome in zip(others, outcomes[1:], strict=True):
+        assert isinstance(outcome, AppendResult), outcome
+        assert [r.position for r in await sqlite_store.read_stream(s)][-1] == outcome.position
 
 
 async def test_snapshots_commit_among_appends(sqlite_store: SqliteEventStore) -> None:
