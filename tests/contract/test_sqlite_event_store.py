@@ -293,6 +293,23 @@ async def test_concurrent_appends_at_any_version_stack_up_in_order(
     assert [r.position for r in results] == [recorded[end].position for end in ends]
 
 
+async def test_a_group_keeps_each_appends_events_together_and_in_order(
+    sqlite_store: SqliteEventStore,
+) -> None:
+    """Appends of one to five events to thirty streams, concurrently (one group, one
+    statement): each append's events take consecutive positions in version order."""
+    streams = [unique() for _ in range(30)]
+    results = await asyncio.gather(
+        *(sqlite_store.append(s, events(1 + i % 5), NO_STREAM) for i, s in enumerate(streams))
+    )
+    for i, (s, result) in enumerate(zip(streams, results, strict=True)):
+        recorded = await sqlite_store.read_stream(s)
+        assert [r.version for r in recorded] == list(range(1 + i % 5))
+        first = recorded[0].position
+        assert [r.position for r in recorded] == list(range(first, first + len(recorded)))
+        assert (result.version, result.position) == (recorded[-1].version, recorded[-1].position)
+
+
 async def test_a_stored_id_in_a_group_refuses_only_its_own_append(
     sqlite_store: SqliteEventStore,
 ) -> None:
