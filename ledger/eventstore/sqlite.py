@@ -354,16 +354,17 @@ def _write_snapshot(conn: sqlite3.Connection, stream: str, snapshot: Snapshot) -
 
 
 def _commit_group(conn: sqlite3.Connection, group: Sequence[_Pending]) -> list[_Outcome]:
-    """One transaction for the group; an outcome per item, in order. A conflict is the
-    outcome of its own append alone (each is checked, or else run in a savepoint).
-    Snapshots ride along; a group of only snapshots commits without an fsync (one lost
-    in a crash only means a replay)."""
+    """One statement (`_append_at_once`) or else one transaction for the group; an
+    outcome per item, in order. A conflict is the outcome of its own append alone (each
+    is checked, or else run in a savepoint). Snapshots ride along in the transaction; a
+    group of only snapshots commits without an fsync (one lost in a crash only means a
+    replay)."""
     appends = [p for p in group if isinstance(p, _PendingAppend)]
     now = datetime.now(UTC).isoformat()
     if appends and len(appends) == len(group):
         at_once = _append_at_once(conn, appends, now)
         if at_once is not None:
-            return list(at_once)
+            return at_once
     if not appends:
         conn.execute("PRAGMA synchronous=NORMAL")
     try:
