@@ -27,6 +27,8 @@ from bench.loadgen import (
     DEPOSIT_HOT,
     DEPOSIT_SPREAD,
     GET_ACCOUNT,
+    LIST_TRANSACTIONS,
+    TRANSACTIONS_PAGE,
     WRITE_READ,
     Load,
     LoadResult,
@@ -64,6 +66,11 @@ QUICK = Profile("quick", 10_000, 1.0, 4.0, 4, 8, 1_000, 100, 100_000, 21, 100, 1
 
 SERVED_ROUNDS = 2
 """(a), its baselines, and (e) and its baseline take turns in this many windows each."""
+HISTORY_ACCOUNTS = 1_000
+HISTORY_DEPOSITS = 25
+"""(e)'s ListTransactions reads the first page of one of HISTORY_ACCOUNTS accounts with
+HISTORY_DEPOSITS deposits each (written before the stack starts, untouched by the load):
+a full page of TRANSACTIONS_PAGE, and the token for the next."""
 PEER_ROUNDS = 5
 """The peer's deposits are made in this many rounds, the three sides taking turns."""
 
@@ -195,6 +202,9 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     log(f"opening {len(ids)} accounts in-process")
     seconds = asyncio.run(inproc.open_accounts(data / "data", [*ids, "hot-0"]))
     out["setup"] = {"accounts_opened": len(ids) + 1, "open_seconds": round(seconds, 2)}
+    histories = [f"hist-{i:05d}" for i in range(HISTORY_ACCOUNTS)]
+    log(f"writing {len(histories)} accounts with {HISTORY_DEPOSITS} deposits each")
+    head = asyncio.run(inproc.build_streams(data / "data", histories, 1 + HISTORY_DEPOSITS))
 
     # Every server is up for the whole group, and each scenario's sides take turns in
     # SERVED_ROUNDS windows: a drift in the machine's speed then weighs on both sides
@@ -211,17 +221,17 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         stack.start()
         running.callback(stack.close)
         cmd, query = stack.command_target, stack.query_target
-        wait_projected(query, "hot-0", len(ids) + 1)
+        wait_projected(query, "hot-0", head)
         ours = tuple((n, stack[n].proc.pid) for n in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER))  # type: ignore[union-attr]
         bare = (("ceiling_server", ceiling.proc.pid),)
         at_floor = (("append_floor_server", floor.proc.pid),)
 
-        def against(target: str, watch: Watch, kind: str) -> Side:
-            return lambda window, label: load(window, kind, label, target, target, ids, watch)
+        def against(target: str, watch: Watch, kind: str, on: list[str] = ids) -> Side:
+            return lambda window, label: load(window, kind, label, target, target, on, watch)
 
-        def ledger(kind: str) -> Side:
+        def ledger(kind: str, on: list[str] = ids) -> Side:
             def side(window: Profile, label: str) -> LoadResult:
-                result = load(window, kind, label, cmd, query, ids, ours)
+                result = load(window, kind, label, cmd, query, on, ours)
                 wait_projected(query, "hot-0", result.max_position)  # before the next turn
                 return result
 
@@ -241,9 +251,13 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
             {
                 "ceiling GetAccount": against(ceiling.target, bare, GET_ACCOUNT),
                 "(e) GetAccount": ledger(GET_ACCOUNT),
+                "ceiling ListTransactions": against(
+                    ceiling.target, bare, LIST_TRANSACTIONS, histories
+                ),
+                "(e) ListTransactions": ledger(LIST_TRANSACTIONS, histories),
             },
         )
-        c_get, e = reads.values()
+        c_get, e, c_list, e_list = reads.values()
         b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"], ours)
         balance = get_balance(query, "hot-0", b.max_position)
         d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids, ours)
@@ -251,10 +265,14 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         for name in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER):
             out["memory"][f"{name}_peak_rss_mib"] = peak_rss_mib(stack[name].proc.pid)  # type: ignore[union-attr]
     out["memory"]["load_client_peak_rss_mib"] = round(
-        max(r.client_peak_rss_kib for r in (a, e, b, d)) / 1024, 1
+        max(r.client_peak_rss_kib for r in (a, e, e_list, b, d)) / 1024, 1
     )
 
-    out["ceiling"] = {"deposit": c_dep.summary(), "get_account": c_get.summary()}
+    out["ceiling"] = {
+        "deposit": c_dep.summary(),
+        "get_account": c_get.summary(),
+        "list_transactions": c_list.summary(),
+    }
     out["a_deposits_spread"] = {
         **a.summary(),
         "ceiling_ratio": ratio(a.throughput, c_dep.throughput),
@@ -266,12 +284,17 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         "ceiling_ratio": ratio(f_dep.throughput, c_dep.throughput),
         "ledger_ratio": ratio(a.throughput, f_dep.throughput),
     }
-    out["e_get_account"] = {
-        **e.summary(),
-        "ceiling_ratio": ratio(e.throughput, c_get.throughput),
-        "target": ">= 0.7",
-        "met": ratio(e.throughput, c_get.throughput) >= 0.7,
-    }
+    for key, read, bare_read in (
+        ("e_get_account", e, c_get),
+        ("e_list_transactions", e_list, c_list),
+    ):
+        out[key] = {
+            **read.summary(),
+            "ceiling_ratio": ratio(read.throughput, bare_read.throughput),
+            "target": ">= 0.7",
+            "met": ratio(read.throughput, bare_read.throughput) >= 0.7,
+        }
+    out["e_list_transactions"]["page_size"] = TRANSACTIONS_PAGE
     no_loss = balance == b.acked_amount if not b.errors else balance >= b.acked_amount
     out["b_hot_account"] = {
         **b.summary(),
@@ -327,7 +350,7 @@ def long_stream_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> N
     data = work / "long"
     log(f"(c) appending a {profile.long_stream}-event stream")
     started = time.perf_counter()
-    asyncio.run(inproc.build_streams(data, 1, profile.long_stream))
+    asyncio.run(inproc.build_streams(data, [inproc.LONG_STREAM_ACCOUNT], profile.long_stream))
     built = time.perf_counter() - started
     log("(c) measuring deposits, cold and warm")
     figures = asyncio.run(
@@ -349,7 +372,8 @@ def catchup_scenario(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     n_accounts = profile.catchup_events // per_account
     log(f"(f) appending {profile.catchup_events} events over {n_accounts} accounts")
     started = time.perf_counter()
-    head = asyncio.run(inproc.build_streams(data / "data", n_accounts, per_account))
+    names = [f"bulk-{i}" for i in range(n_accounts)]
+    head = asyncio.run(inproc.build_streams(data / "data", names, per_account))
     built = time.perf_counter() - started
     count, seconds = inproc.storage_ceiling(data / "data")
     log(f"(f) storage ceiling: {count / seconds:.0f} events/s")

@@ -21,9 +21,11 @@ from pathlib import Path
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bench.loadgen import TRANSACTIONS_PAGE
 from ledger.eventstore.port import ANY_VERSION, NewEvent
 from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.grpc.types import Context
+from ledger.paging import encode_token
 from ledger.process import use_uvloop
 from ledger.v1 import (
     account_command_service_pb2 as cmd_pb,
@@ -60,6 +62,27 @@ ACCOUNT = query_pb.GetAccountResponse(
     )
 )
 
+# A first page of an account's deposits, with the token for the next: ids, amounts,
+# balances and positions of the magnitudes Ledger answers (`bench.__main__`'s history
+# accounts); the bench prints both sides' answer sizes.
+TRANSACTIONS = query_pb.ListTransactionsResponse(
+    transactions=[
+        account_pb2.Transaction(
+            transaction_id=str(uuid.UUID(int=2**127 + version)),
+            account_id="hist-00042",
+            kind=account_pb2.TRANSACTION_KIND_DEPOSIT,
+            amount_minor=10,
+            balance_after_minor=10 * version,
+            description="bench",
+            occurred_at=Timestamp(seconds=1_764_800_000 + version, nanos=654_321_000),
+            version=version,
+            position=23_456 + version,
+        )
+        for version in range(1, TRANSACTIONS_PAGE + 1)
+    ],
+    next_page_token=encode_token(f"hist-00042/{TRANSACTIONS_PAGE:020d}", "0123456789ab"),
+)
+
 
 class Commands(cmd_grpc.AccountCommandServiceServicer):
     """Only the methods the load calls; the rest answer UNIMPLEMENTED, as generated
@@ -93,6 +116,11 @@ class Queries(query_grpc.AccountQueryServiceServicer):
         self, request: query_pb.GetAccountRequest, context: Context
     ) -> query_pb.GetAccountResponse:
         return ACCOUNT
+
+    async def ListTransactions(
+        self, request: query_pb.ListTransactionsRequest, context: Context
+    ) -> query_pb.ListTransactionsResponse:
+        return TRANSACTIONS
 
 
 async def serve(port: int, append_dir: Path | None = None) -> None:

@@ -25,6 +25,8 @@ from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.eventstore.state_codec import JsonStateCodec
 
 EVENTS_FILE = "events.sqlite3"
+LONG_STREAM_ACCOUNT = "bulk-0"
+"""(c)'s account with the long history, written by `build_streams`."""
 
 
 def _handler(store: SqliteEventStore) -> CommandHandler[Any, Any, Any]:
@@ -184,10 +186,11 @@ def _opened_event(account: str) -> NewEvent:
 
 
 async def build_streams(
-    data_dir: Path, n_accounts: int, events_per_account: int, batch: int = 1000
+    data_dir: Path, names: Sequence[str], events_per_account: int, batch: int = 1000
 ) -> int:
-    """Append `n_accounts` streams of an opening plus deposits straight into the store,
-    many streams at once (group commit); returns the head position."""
+    """Append a stream for each account in `names`, an opening and then deposits
+    (`events_per_account` events in all), straight into the store, many streams at once
+    (group commit); returns the head position."""
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (set-up, before timing)
     store = SqliteEventStore(data_dir / EVENTS_FILE)
     await store.open()
@@ -205,7 +208,6 @@ async def build_streams(
             version, written, pending = result.version, written + len(pending), []
 
     try:
-        names = [f"bulk-{i}" for i in range(n_accounts)]
         for i in range(0, len(names), 200):
             await asyncio.gather(*(one(a) for a in names[i : i + 200]))
         return await store.head_position()
@@ -229,7 +231,7 @@ async def long_stream_deposits(
             await _deposit(h, account, 10)
             return (time.perf_counter() - started) * 1000
 
-        accounts = {"long": "bulk-0", "fresh": fresh}
+        accounts = {"long": LONG_STREAM_ACCOUNT, "fresh": fresh}
         warm_handlers = {}
         for label, account in accounts.items():
             # The stream was appended straight into the store, so it has no snapshot yet;

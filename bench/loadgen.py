@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from ledger.v1 import account_command_service_pb2 as cmd_pb
 from ledger.v1 import account_command_service_pb2_grpc as cmd_grpc
@@ -33,7 +34,9 @@ CALL_TIMEOUT = 30.0
 DEPOSIT_SPREAD = "deposit_spread"  # a deposit on a random account among `accounts`
 DEPOSIT_HOT = "deposit_hot"  # a deposit on the one account accounts[0]
 GET_ACCOUNT = "get_account"  # GetAccount on a random account
+LIST_TRANSACTIONS = "list_transactions"  # the first TRANSACTIONS_PAGE of a random account's
 WRITE_READ = "write_read"  # a deposit, then GetAccount with min_position = its position
+TRANSACTIONS_PAGE = 10
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class LoadResult:
     acked_count: int = 0
     max_position: int = 0
     client_peak_rss_kib: int = 0
+    answer_bytes: int = 0
+    """The serialized size of an answer (each client's first; the largest of them): a
+    baseline must send answers as large as Ledger's."""
     cpu_ms_per_call: dict[str, float] = field(default_factory=dict)
     """CPU time per counted call over the measured window: each watched process, the
     load clients together, and `machine_busy_pct` (all CPUs, anything running)."""
@@ -110,6 +116,7 @@ class LoadResult:
             "throughput_per_s": round(self.throughput, 1),
             **{f"{k}_ms": v for k, v in percentiles(self.latencies_ms).items()},
             "client_peak_rss_mib": round(self.client_peak_rss_kib / 1024, 1),
+            "answer_bytes": self.answer_bytes,
             "cpu_ms_per_call": self.cpu_ms_per_call,
             "loop_thread": self.loop_threads,
         }
@@ -159,6 +166,7 @@ def merged(parts: Sequence[LoadResult]) -> LoadResult:
         acked_count=sum(p.acked_count for p in parts),
         max_position=max(p.max_position for p in parts),
         client_peak_rss_kib=max(p.client_peak_rss_kib for p in parts),
+        answer_bytes=max(p.answer_bytes for p in parts),
         cpu_ms_per_call=cpu,
         loop_threads=loops,
     )
@@ -183,6 +191,7 @@ async def _client(load: Load, index: int, start: float, progress: Any) -> dict[s
     latencies: list[float] = []
     writes: list[float] = []
     state = {"ops": 0, "errors": 0, "amount": 0, "count": 0, "max_position": 0, "seq": 0}
+    answer_bytes = 0
     hot = load.kind == DEPOSIT_HOT
     options = [("grpc.use_local_subchannel_pool", 1)]
     async with (
@@ -192,7 +201,7 @@ async def _client(load: Load, index: int, start: float, progress: Any) -> dict[s
         commands = cmd_grpc.AccountCommandServiceStub(cmd_channel)
         queries = query_grpc.AccountQueryServiceStub(query_channel)
 
-        async def deposit(account: str) -> int:
+        async def deposit(account: str) -> cmd_pb.DepositFundsResponse:
             state["seq"] += 1
             amount = 1 + state["seq"] % 97
             response = await commands.DepositFunds(
@@ -208,32 +217,43 @@ async def _client(load: Load, index: int, start: float, progress: Any) -> dict[s
             state["amount"] += amount
             state["count"] += 1
             state["max_position"] = max(state["max_position"], response.position)
-            return int(response.position)
+            return response
 
         async def task() -> None:
+            nonlocal answer_bytes
             while True:
                 began = time.time()
                 if began >= end:
                     return
                 write_done = 0.0
+                answer: Message
                 try:
                     if load.kind == GET_ACCOUNT:
-                        await queries.GetAccount(
+                        answer = await queries.GetAccount(
                             query_pb.GetAccountRequest(account_id=rng.choice(load.accounts)),
                             timeout=CALL_TIMEOUT,
                         )
+                    elif load.kind == LIST_TRANSACTIONS:
+                        answer = await queries.ListTransactions(
+                            query_pb.ListTransactionsRequest(
+                                account_id=rng.choice(load.accounts), page_size=TRANSACTIONS_PAGE
+                            ),
+                            timeout=CALL_TIMEOUT,
+                        )
                     elif load.kind == WRITE_READ:
-                        position = await deposit(rng.choice(load.accounts))
+                        written = await deposit(rng.choice(load.accounts))
                         write_done = time.time()
-                        await queries.GetAccount(
+                        answer = await queries.GetAccount(
                             query_pb.GetAccountRequest(
                                 account_id=load.accounts[0] if hot else rng.choice(load.accounts),
-                                min_position=position,
+                                min_position=written.position,
                             ),
                             timeout=CALL_TIMEOUT,
                         )
                     else:
-                        await deposit(load.accounts[0] if hot else rng.choice(load.accounts))
+                        answer = await deposit(
+                            load.accounts[0] if hot else rng.choice(load.accounts)
+                        )
                 except grpc.aio.AioRpcError:
                     if began >= warm_end:
                         state["errors"] += 1
@@ -245,6 +265,8 @@ async def _client(load: Load, index: int, start: float, progress: Any) -> dict[s
                     if write_done:
                         writes.append((write_done - began) * 1000)
                 progress[index] += 1
+                if not answer_bytes:
+                    answer_bytes = answer.ByteSize()
 
         await asyncio.sleep(max(0.0, start - time.time()))
         await asyncio.gather(*(task() for _ in range(load.concurrency)))
@@ -252,6 +274,7 @@ async def _client(load: Load, index: int, start: float, progress: Any) -> dict[s
         **state,
         "latencies": latencies,
         "writes": writes,
+        "answer_bytes": answer_bytes,
         "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
@@ -315,6 +338,7 @@ def run_load(load: Load) -> LoadResult:
         acked_count=sum(p["count"] for p in parts),
         max_position=max(p["max_position"] for p in parts),
         client_peak_rss_kib=max(p["rss_kib"] for p in parts),
+        answer_bytes=max(p["answer_bytes"] for p in parts),
         cpu_ms_per_call=_cpu_per_call(cpu_at, sum(p["ops"] for p in parts)),
         loop_threads=_loop_threads(loops_at, sum(p["ops"] for p in parts)),
     )

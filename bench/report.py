@@ -16,7 +16,8 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
 
     def lat(s: dict[str, Any]) -> str:
         p = f"{s['p50_ms']:.1f}/{s['p95_ms']:.1f}/{s['p99_ms']:.1f}"
-        return f"{s['throughput_per_s']:.0f}/s p50/95/99 {p} ms"
+        size = f", answers {s['answer_bytes']} B" if s.get("answer_bytes") else ""
+        return f"{s['throughput_per_s']:.0f}/s p50/95/99 {p} ms{size}"
 
     if "a_deposits_spread" in r:
         c = r["ceiling"]
@@ -44,6 +45,17 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 f"{e['target']}: {_met(e['met'])}",
             )
         )
+        listed = r.get("e_list_transactions")
+        if listed:
+            out.append(
+                (
+                    f"(e) ListTransactions, a page of {listed['page_size']}",
+                    lat(listed),
+                    "ceiling " + lat(c["list_transactions"]),
+                    f"{listed['ceiling_ratio']:.3f}",
+                    f"{listed['target']}: {_met(listed['met'])}",
+                )
+            )
         if "a_append_floor" in r:
             f = r["a_append_floor"]
             out.append(
@@ -55,7 +67,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "what (a) could reach without Ledger's domain and views",
                 )
             )
-        for name, ours, base in (("(a)", a, c["deposit"]), ("(e)", e, c["get_account"])):
+        measured = [("(a)", a, c["deposit"]), ("(e) GetAccount", e, c["get_account"])]
+        if listed:
+            measured.append(("(e) ListTransactions", listed, c["list_transactions"]))
+        for name, ours, base in measured:
             if ours.get("cpu_ms_per_call") and base.get("cpu_ms_per_call"):
                 out.append(_cpu_row(name, ours["cpu_ms_per_call"], base["cpu_ms_per_call"]))
             if ours.get("loop_thread") and base.get("loop_thread"):
@@ -221,15 +236,21 @@ PERCENTILES = ("p50", "p95", "p99")
 SERVED = (
     ("(a) deposits", "a_deposits_spread", "deposit"),
     ("(e) GetAccount", "e_get_account", "get_account"),
+    ("(e) ListTransactions", "e_list_transactions", "list_transactions"),
     ("(b) hot account", "b_hot_account", "deposit"),
 )
 """The served scenarios against the ceiling: (label, result key, the ceiling's key)."""
 
 
+def _served(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Those of SERVED in `r` (results from before ListTransactions was measured lack it)."""
+    return [s for s in SERVED if s[1] in r]
+
+
 def _throughputs(r: dict[str, Any]) -> list[Bars]:
     out: list[Bars] = []
     if "a_deposits_spread" in r:
-        for label, key, base in SERVED:
+        for label, key, base in _served(r):
             ours, theirs = r[key]["throughput_per_s"], r["ceiling"][base]["throughput_per_s"]
             out.append((label, "Ledger", "ceiling", ours, theirs))
     if "f_catchup" in r:
@@ -249,7 +270,7 @@ def _latencies(r: dict[str, Any]) -> list[Latencies]:
 
     out: list[Latencies] = []
     if "a_deposits_spread" in r:
-        for label, key, base in SERVED:
+        for label, key, base in _served(r):
             ours, theirs = of(r[key]), of(r["ceiling"][base])
             out.append((label, "Ledger", "ceiling", PERCENTILES, ours, theirs))
         d = r["d_write_then_read"]
