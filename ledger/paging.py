@@ -30,16 +30,21 @@ def check_page_size(value: int, field: str = "page_size") -> list[FieldViolation
     ]
 
 
+# Made once: json.dumps with any option builds a new encoder on every call.
+_SCOPE_JSON = json.JSONEncoder(default=str)
+_TOKEN_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _scope(collection: str, where: Mapping[str, Scalar], order_by: str, key_prefix: str) -> str:
     query: list[object] = [collection, sorted(where.items()), order_by]
     if key_prefix:  # (only then: tokens issued before prefixes existed stay valid)
         query.append(key_prefix)
-    body = json.dumps(query, default=str)
+    body = _SCOPE_JSON.encode(query)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
 def encode_token(after: Scalar, scope: str) -> str:
-    raw = json.dumps({"a": after, "s": scope}, separators=(",", ":")).encode()
+    raw = _TOKEN_JSON.encode({"a": after, "s": scope}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

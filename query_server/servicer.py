@@ -78,57 +78,70 @@ def check_as_of(request: pb.GetAccountAsOfRequest) -> list[FieldViolation]:
     return []
 
 
-def _timestamp(value: str) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.fromisoformat(value))
-    return stamp
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def account_message(doc: Document) -> account_pb2.Account:
-    return account_pb2.Account(
-        account_id=doc["account_id"],
-        owner_name=doc["owner_name"],
-        currency=doc["currency"],
-        balance_minor=doc["balance_minor"],
-        status=STATUS_TO_PROTO[doc["status"]],
-        version=doc["version"],
-        position=doc["position"],
-        opened_at=_timestamp(doc["opened_at"]),
-        updated_at=_timestamp(doc["updated_at"]),
-    )
+def _set_time(stamp: Timestamp, value: str) -> None:
+    """A stored `timestamp()` into `stamp`, in integer arithmetic: Timestamp.FromDatetime
+    goes through calendar.timegm, which took a fifth of a ListTransactions' Python."""
+    at = datetime.fromisoformat(value)
+    since = (at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH
+    stamp.seconds, stamp.nanos = since.days * 86_400 + since.seconds, since.microseconds * 1000
 
 
-def transaction_message(doc: Document) -> account_pb2.Transaction:
-    return account_pb2.Transaction(
-        transaction_id=doc["transaction_id"],
-        account_id=doc["account_id"],
-        kind=KIND_TO_PROTO[doc["kind"]],
-        amount_minor=doc["amount_minor"],
-        balance_after_minor=doc["balance_after_minor"],
-        description=doc["description"],
-        occurred_at=_timestamp(doc["occurred_at"]),
-        version=doc["version"],
-        position=doc["position"],
-        transfer_id=doc.get("transfer_id", ""),
-        counterparty_account_id=doc.get("counterparty_account_id", ""),
-    )
+# Each message is filled in place: `into` is a page's `.add()`, as a message built apart
+# and then listed in the answer is copied into it (a fifth of building a page).
 
 
-def transfer_message(doc: Document) -> transfer_pb2.Transfer:
-    completed_at = doc.get("completed_at")
-    return transfer_pb2.Transfer(
-        transfer_id=doc["transfer_id"],
-        from_account_id=doc["from_account_id"],
-        to_account_id=doc["to_account_id"],
-        amount_minor=doc["amount_minor"],
-        currency=doc["currency"],
-        description=doc["description"],
-        status=TRANSFER_STATUS_TO_PROTO[doc["status"]],
-        failure_reason=doc["failure_reason"],
-        requested_at=_timestamp(doc["requested_at"]),
-        completed_at=_timestamp(completed_at) if completed_at else None,
-        position=doc["position"],
-    )
+def account_message(doc: Document, into: account_pb2.Account | None = None) -> account_pb2.Account:
+    account = account_pb2.Account() if into is None else into
+    account.account_id = doc["account_id"]
+    account.owner_name = doc["owner_name"]
+    account.currency = doc["currency"]
+    account.balance_minor = doc["balance_minor"]
+    account.status = STATUS_TO_PROTO[doc["status"]]
+    account.version = doc["version"]
+    account.position = doc["position"]
+    _set_time(account.opened_at, doc["opened_at"])
+    _set_time(account.updated_at, doc["updated_at"])
+    return account
+
+
+def transaction_message(
+    doc: Document, into: account_pb2.Transaction | None = None
+) -> account_pb2.Transaction:
+    transaction = account_pb2.Transaction() if into is None else into
+    transaction.transaction_id = doc["transaction_id"]
+    transaction.account_id = doc["account_id"]
+    transaction.kind = KIND_TO_PROTO[doc["kind"]]
+    transaction.amount_minor = doc["amount_minor"]
+    transaction.balance_after_minor = doc["balance_after_minor"]
+    transaction.description = doc["description"]
+    _set_time(transaction.occurred_at, doc["occurred_at"])
+    transaction.version = doc["version"]
+    transaction.position = doc["position"]
+    transaction.transfer_id = doc.get("transfer_id", "")
+    transaction.counterparty_account_id = doc.get("counterparty_account_id", "")
+    return transaction
+
+
+def transfer_message(
+    doc: Document, into: transfer_pb2.Transfer | None = None
+) -> transfer_pb2.Transfer:
+    transfer = transfer_pb2.Transfer() if into is None else into
+    transfer.transfer_id = doc["transfer_id"]
+    transfer.from_account_id = doc["from_account_id"]
+    transfer.to_account_id = doc["to_account_id"]
+    transfer.amount_minor = doc["amount_minor"]
+    transfer.currency = doc["currency"]
+    transfer.description = doc["description"]
+    transfer.status = TRANSFER_STATUS_TO_PROTO[doc["status"]]
+    transfer.failure_reason = doc["failure_reason"]
+    _set_time(transfer.requested_at, doc["requested_at"])
+    if completed_at := doc.get("completed_at"):
+        _set_time(transfer.completed_at, completed_at)
+    transfer.position = doc["position"]
+    return transfer
 
 
 # The fields every `account_history` row carries.
@@ -301,10 +314,10 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListAccountsResponse(
-            accounts=[account_message(d) for d in page.documents],
-            next_page_token=page.next_page_token,
-        )
+        answer = pb.ListAccountsResponse(next_page_token=page.next_page_token)
+        for doc in page.documents:
+            account_message(doc, answer.accounts.add())
+        return answer
 
     async def ListTransactions(
         self, request: pb.ListTransactionsRequest, context: Context
@@ -312,7 +325,6 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
         self._require_history_layout()
         await self._caught_up(request.min_position, context)
-        await self._account(request.account_id)
         page = await fetch_page(
             self._views,
             ACCOUNT_HISTORY,
@@ -322,10 +334,12 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_token=request.page_token,
             key_prefix=history_rows(request.account_id),
         )
-        return pb.ListTransactionsResponse(
-            transactions=[transaction_message(d) for d in page.documents],
-            next_page_token=page.next_page_token,
-        )
+        if not page.documents:  # else the account has a history, so it exists
+            await self._account(request.account_id)
+        answer = pb.ListTransactionsResponse(next_page_token=page.next_page_token)
+        for doc in page.documents:
+            transaction_message(doc, answer.transactions.add())
+        return answer
 
     async def GetProjectionStatus(
         self, request: pb.GetProjectionStatusRequest, context: Context
@@ -363,10 +377,10 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListTransfersResponse(
-            transfers=[transfer_message(d) for d in page.documents],
-            next_page_token=page.next_page_token,
-        )
+        answer = pb.ListTransfersResponse(next_page_token=page.next_page_token)
+        for doc in page.documents:
+            transfer_message(doc, answer.transfers.add())
+        return answer
 
     async def WatchAccount(
         self, request: pb.WatchAccountRequest, context: Context

@@ -90,6 +90,8 @@ def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
 
 
 def _json(fields: Mapping[str, Scalar]) -> str:
+    """Every document is written by orjson, which refuses integers beyond 64 bits (as BSON
+    does): orjson.loads would read them back as floats."""
     return orjson.dumps(fields if isinstance(fields, dict) else dict(fields)).decode()
 
 
@@ -129,7 +131,7 @@ def _record_field(name: str) -> str:
 
 
 def _document(key: str, raw: str) -> Document:
-    doc: Document = json.loads(raw)
+    doc: Document = orjson.loads(raw)  # as `_json` wrote it; json.loads took twice as long
     doc[KEY] = key
     return doc
 
@@ -185,7 +187,7 @@ class SqliteViewStore:
         await self._db.write(write)
 
     async def put(self, collection: str, key: str, fields: Mapping[str, Scalar]) -> None:
-        raw = json.dumps({_record_field(f): v for f, v in fields.items()})
+        raw = _json({_record_field(f): v for f, v in fields.items()})  # as every document
         sql = (
             f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?, 0, ?)"
             " ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = 0"
