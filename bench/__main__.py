@@ -33,6 +33,7 @@ from bench.loadgen import (
     Load,
     LoadResult,
     merged,
+    peak_rss_kib,
     run_load,
 )
 from ledger.v1 import account_query_service_pb2 as query_pb
@@ -88,13 +89,8 @@ def free_port() -> int:
 
 def peak_rss_mib(pid: int) -> float | None:
     """VmHWM (peak resident set) of a running process, in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
+    kib = peak_rss_kib(pid)
+    return None if kib is None else round(kib / 1024, 1)
 
 
 class Ceiling:
