@@ -27,35 +27,24 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             r["b_hot_account"],
             r["d_write_then_read"],
         )
-        out.append(
-            (
-                "(a) deposits, 10k accounts",
-                lat(a),
-                "ceiling " + lat(c["deposit"]),
-                f"{a['ceiling_ratio']:.3f}",
-                f"{a['target']}: {_met(a['met'])}",
-            )
-        )
-        out.append(
-            (
-                "(e) GetAccount",
-                lat(e),
-                "ceiling " + lat(c["get_account"]),
-                f"{e['ceiling_ratio']:.3f}",
-                f"{e['target']}: {_met(e['met'])}",
-            )
-        )
-        listed = r.get("e_list_transactions")
-        if listed:
+
+        def against_ceiling(scenario: str, s: dict[str, Any], base: str) -> None:
             out.append(
                 (
-                    f"(e) ListTransactions, a page of {listed['page_size']}",
-                    lat(listed),
-                    "ceiling " + lat(c["list_transactions"]),
-                    f"{listed['ceiling_ratio']:.3f}",
-                    f"{listed['target']}: {_met(listed['met'])}",
+                    scenario,
+                    lat(s),
+                    "ceiling " + lat(c[base]),
+                    f"{s['ceiling_ratio']:.3f}",
+                    f"{s['target']}: {_met(s['met'])}",
                 )
             )
+
+        against_ceiling("(a) deposits, 10k accounts", a, "deposit")
+        against_ceiling("(e) GetAccount", e, "get_account")
+        listed = r.get("e_list_transactions")
+        if listed:
+            page = f"(e) ListTransactions, a page of {listed['page_size']}"
+            against_ceiling(page, listed, "list_transactions")
         if "a_append_floor" in r:
             f = r["a_append_floor"]
             out.append(

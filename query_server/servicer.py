@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.banking.views import (
@@ -120,6 +121,11 @@ class MessageOf(Generic[M]):
             if name not in self.optional or doc.get(name):
                 _set_time(getattr(message, name), doc[name])
         return message
+
+    def page(self, into: RepeatedCompositeFieldContainer[M], docs: Iterable[Document]) -> None:
+        """Each of `docs` as a message added to an answer's repeated field, in place."""
+        for doc in docs:
+            self(doc, into.add())
 
 
 account_message = MessageOf(
@@ -321,8 +327,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_token=request.page_token,
         )
         answer = pb.ListAccountsResponse(next_page_token=page.next_page_token)
-        for doc in page.documents:
-            account_message(doc, answer.accounts.add())
+        account_message.page(answer.accounts, page.documents)
         return answer
 
     async def ListTransactions(
@@ -343,8 +348,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         if not page.documents:  # else the account has a history, so it exists
             await self._account(request.account_id)
         answer = pb.ListTransactionsResponse(next_page_token=page.next_page_token)
-        for doc in page.documents:
-            transaction_message(doc, answer.transactions.add())
+        transaction_message.page(answer.transactions, page.documents)
         return answer
 
     async def GetProjectionStatus(
@@ -384,8 +388,7 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_token=request.page_token,
         )
         answer = pb.ListTransfersResponse(next_page_token=page.next_page_token)
-        for doc in page.documents:
-            transfer_message(doc, answer.transfers.add())
+        transfer_message.page(answer.transfers, page.documents)
         return answer
 
     async def WatchAccount(
