@@ -94,13 +94,13 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 class Ceiling:
-    """The bare grpc.aio server in a subprocess (the append floor, given `append_dir`)."""
+    """The bare grpc.aio server in a subprocess; `floor` ("--append" DIR, "--pages" FILE)
+    makes it one of bench.ceiling's floors."""
 
-    def __init__(self, append_dir: Path | None = None) -> None:
+    def __init__(self, *floor: str) -> None:
         self.port = free_port()
-        append = [] if append_dir is None else ["--append", str(append_dir)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.ceiling", str(self.port), *append],
+            [sys.executable, "-m", "bench.ceiling", str(self.port), *floor],
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -123,6 +123,21 @@ def wait_projected(target: str, account: str, position: int) -> None:
         stub.GetAccount(
             query_pb.GetAccountRequest(account_id=account, min_position=position), timeout=120
         )
+
+
+def same_page(floor: str, query: str, account: str) -> None:
+    """The page floor must answer the page Ledger answers (its token aside): else it
+    would be a floor for some other, cheaper work."""
+    request = query_pb.ListTransactionsRequest(account_id=account, page_size=TRANSACTIONS_PAGE)
+    pages = []
+    for target in (floor, query):
+        with grpc.insecure_channel(target) as channel:
+            stub = query_grpc.AccountQueryServiceStub(channel)
+            pages.append(stub.ListTransactions(request, timeout=30))
+    ours, theirs = pages[1], pages[0]
+    full = len(ours.transactions) == TRANSACTIONS_PAGE and bool(theirs.next_page_token)
+    if list(ours.transactions) != list(theirs.transactions) or not full:
+        raise RuntimeError(f"the page floor answers another page than Ledger for {account}")
 
 
 def get_balance(target: str, account: str, position: int) -> int:
@@ -210,7 +225,7 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         ceiling = Ceiling()
         running.callback(ceiling.close)
         (work / "append-floor").mkdir(parents=True, exist_ok=True)
-        floor = Ceiling(work / "append-floor")
+        floor = Ceiling("--append", str(work / "append-floor"))
         running.callback(floor.close)
         stack = Stack(data)
         log("starting command server, projector, query server")
@@ -218,9 +233,13 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         running.callback(stack.close)
         cmd, query = stack.command_target, stack.query_target
         wait_projected(query, "hot-0", head)
+        page_floor = Ceiling("--pages", str(data / "data" / "views.sqlite3"))
+        running.callback(page_floor.close)
+        same_page(page_floor.target, query, histories[0])
         ours = tuple((n, stack[n].proc.pid) for n in (COMMAND_SERVER, PROJECTOR, QUERY_SERVER))  # type: ignore[union-attr]
         bare = (("ceiling_server", ceiling.proc.pid),)
         at_floor = (("append_floor_server", floor.proc.pid),)
+        at_page_floor = (("page_floor_server", page_floor.proc.pid),)
 
         def against(target: str, watch: Watch, kind: str, on: list[str] = ids) -> Side:
             return lambda window, label: load(window, kind, label, target, target, on, watch)
@@ -250,10 +269,13 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
                 "ceiling ListTransactions": against(
                     ceiling.target, bare, LIST_TRANSACTIONS, histories
                 ),
+                "(e) floor: gRPC + a page from the views": against(
+                    page_floor.target, at_page_floor, LIST_TRANSACTIONS, histories
+                ),
                 "(e) ListTransactions": ledger(LIST_TRANSACTIONS, histories),
             },
         )
-        c_get, e, c_list, e_list = reads.values()
+        c_get, e, c_list, f_list, e_list = reads.values()
         b = load(profile, DEPOSIT_HOT, "(b) deposits, one hot account", cmd, query, ["hot-0"], ours)
         balance = get_balance(query, "hot-0", b.max_position)
         d = load(profile, WRITE_READ, "(d) write then read", cmd, query, ids, ours)
@@ -291,6 +313,11 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
             "met": ratio(read.throughput, bare_read.throughput) >= 0.7,
         }
     out["e_list_transactions"]["page_size"] = TRANSACTIONS_PAGE
+    out["e_page_floor"] = {
+        **f_list.summary(),
+        "ceiling_ratio": ratio(f_list.throughput, c_list.throughput),
+        "ledger_ratio": ratio(e_list.throughput, f_list.throughput),
+    }
     no_loss = balance == b.acked_amount if not b.errors else balance >= b.acked_amount
     out["b_hot_account"] = {
         **b.summary(),

@@ -7,6 +7,12 @@ group-committed, as Ledger's) and answers with its version and position: the lea
 server must do to acknowledge a durable deposit, without Ledger's domain (validation,
 idempotency, the account's state) and without a projector keeping views.
 
+`python -m bench.ceiling PORT --pages FILE`: the page floor, the same server whose
+ListTransactions reads its page from Ledger's views file FILE: the SQL Ledger's query
+server runs, each row decoded by orjson and filled straight into the answer. The least a
+server must do to answer a page from those views, without Ledger's layers (validation,
+min_position, the views' generation and layout, the paging module, error mapping).
+
 Both run on the event loop Ledger's processes run on (uvloop, `ledger.process`): a
 ceiling on a slower loop than Ledger's would flatter every ratio to it."""
 
@@ -14,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.loadgen import TRANSACTIONS_PAGE
@@ -42,6 +51,7 @@ from ledger.v1 import (
 from ledger.v1 import (
     account_query_service_pb2_grpc as query_grpc,
 )
+from query_server.servicer import KIND_TO_PROTO
 
 # As large as Ledger's answers under the load (ids, positions and balances of the same
 # magnitudes, both timestamps set): the same bytes to encode and send.
@@ -123,14 +133,57 @@ class Queries(query_grpc.AccountQueryServiceServicer):
         return TRANSACTIONS
 
 
-async def serve(port: int, append_dir: Path | None = None) -> None:
+PAGE_SQL = (
+    "SELECT key, doc FROM view_account_history WHERE key >= ? AND key < ?"
+    " AND json_extract(doc, '$.transaction') = ? ORDER BY key LIMIT ?"
+)
+"""What Ledger's view store runs for a first page of ListTransactions (its first
+generation of views: the bench's stack never rebuilds)."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class PageQueries(Queries):
+    """Reads on the event loop's thread, as Ledger's query server reads a page."""
+
+    def __init__(self, views: Path) -> None:
+        self._db = sqlite3.connect(views, isolation_level=None)
+
+    async def ListTransactions(
+        self, request: query_pb.ListTransactionsRequest, context: Context
+    ) -> query_pb.ListTransactionsResponse:
+        size, prefix = request.page_size, request.account_id + "/"
+        rows = self._db.execute(PAGE_SQL, (prefix, request.account_id + "0", True, size + 1))
+        found = rows.fetchall()
+        answer = query_pb.ListTransactionsResponse()
+        if len(found) > size:
+            answer.next_page_token = encode_token(found[size - 1][0], "0123456789ab")
+        add = answer.transactions.add
+        for _key, raw in found[:size]:
+            doc = orjson.loads(raw)
+            row = add()
+            row.transaction_id = doc["transaction_id"]
+            row.account_id = doc["account_id"]
+            row.kind = KIND_TO_PROTO[doc["kind"]]
+            row.amount_minor = doc["amount_minor"]
+            row.balance_after_minor = doc["balance_after_minor"]
+            row.description = doc["description"]
+            row.version = doc["version"]
+            row.position = doc["position"]
+            since = datetime.fromisoformat(doc["occurred_at"]) - EPOCH
+            row.occurred_at.seconds = since.days * 86_400 + since.seconds
+            row.occurred_at.nanos = since.microseconds * 1000
+        return answer
+
+
+async def serve(port: int, append_dir: Path | None = None, views: Path | None = None) -> None:
     store = None if append_dir is None else SqliteEventStore(append_dir / "events.sqlite3")
     if store is not None:
         await store.open()
     server = grpc.aio.server()
     commands = Commands() if store is None else AppendingCommands(store)  # type: ignore[abstract]
     cmd_grpc.add_AccountCommandServiceServicer_to_server(commands, server)
-    query_grpc.add_AccountQueryServiceServicer_to_server(Queries(), server)  # type: ignore[abstract]
+    queries = Queries() if views is None else PageQueries(views)  # type: ignore[abstract]
+    query_grpc.add_AccountQueryServiceServicer_to_server(queries, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -146,5 +199,6 @@ async def serve(port: int, append_dir: Path | None = None) -> None:
 
 if __name__ == "__main__":
     append = Path(sys.argv[3]) if sys.argv[2:3] == ["--append"] else None
+    views = Path(sys.argv[3]) if sys.argv[2:3] == ["--pages"] else None
     use_uvloop()  # the event loop Ledger's servers run on: without it, 5-10 % slower
-    asyncio.run(serve(int(sys.argv[1]), append))
+    asyncio.run(serve(int(sys.argv[1]), append, views))

@@ -45,16 +45,33 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         if listed:
             page = f"(e) ListTransactions, a page of {listed['page_size']}"
             against_ceiling(page, listed, "list_transactions")
-        if "a_append_floor" in r:
-            f = r["a_append_floor"]
+
+        def floor(scenario: str, f: dict[str, Any], ours: str, base: str, reach: str) -> None:
             out.append(
                 (
-                    "(a) floor: gRPC + durable append, no domain, no views",
-                    lat(f) + f" (Ledger's (a) at {f['ledger_ratio']:.3f} of it)",
-                    "ceiling " + lat(c["deposit"]),
+                    scenario,
+                    lat(f) + f" (Ledger's {ours} at {f['ledger_ratio']:.3f} of it)",
+                    "ceiling " + lat(c[base]),
                     f"{f['ceiling_ratio']:.3f}",
-                    "what (a) could reach without Ledger's domain and views",
+                    reach,
                 )
+            )
+
+        if "a_append_floor" in r:
+            floor(
+                "(a) floor: gRPC + durable append, no domain, no views",
+                r["a_append_floor"],
+                "(a)",
+                "deposit",
+                "what (a) could reach without Ledger's domain and views",
+            )
+        if "e_page_floor" in r:
+            floor(
+                "(e) floor: gRPC + the same page read from the views",
+                r["e_page_floor"],
+                "ListTransactions",
+                "list_transactions",
+                "what ListTransactions could reach without Ledger's layers",
             )
         measured = [("(a)", a, c["deposit"]), ("(e) GetAccount", e, c["get_account"])]
         if listed:
