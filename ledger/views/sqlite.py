@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS statuses (
 """
 
 
+@functools.lru_cache(maxsize=256)
 def _table(collection: str) -> str:
     return f'"view_{check_field_name(collection)}"'
 
@@ -86,6 +87,30 @@ def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
         f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?1, ?2, ?3)"
         f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position"
         " WHERE position < ?4"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _find_sql(
+    collection: str,
+    fields: tuple[str, ...],
+    order_by: str,
+    descending: bool,
+    *bounds: bool,
+) -> str:
+    """`find`'s statement for one shape of query, built once: its parameters are the
+    `fields`' values, then those of the bounds present (key >= prefix, key < its end,
+    past `after`, up to `at_most`), then the limit."""
+    has_prefix, has_end, has_after, has_at_most = bounds
+    clauses = [f"{_column(field)} = ?" for field in fields]
+    clauses += ["key >= ?"] if has_prefix else []
+    clauses += ["key < ?"] if has_end else []
+    clauses += [f"{_column(order_by)} {'<' if descending else '>'} ?"] if has_after else []
+    clauses += [f"{_column(order_by)} <= ?"] if has_at_most else []
+    return (
+        f"SELECT key, doc FROM {_table(collection)}"
+        f"{' WHERE ' + ' AND '.join(clauses) if clauses else ''}"
+        f" ORDER BY {_column(order_by)}{' DESC' if descending else ''} LIMIT ?"
     )
 
 
@@ -268,26 +293,22 @@ class SqliteViewStore:
         limit: int,
         key_prefix: str = "",
     ) -> list[Document]:
-        clauses = [f"{_column(field)} = ?" for field in where]
         params: list[Scalar] = list(where.values())
-        if key_prefix:
-            clauses.append("key >= ?")
-            params.append(key_prefix)
-            if (end := prefix_end(key_prefix)) is not None:
-                clauses.append("key < ?")
-                params.append(end)
-        if after is not None:
-            clauses.append(f"{_column(order_by)} {'<' if descending else '>'} ?")
-            params.append(after)
-        if at_most is not None:
-            clauses.append(f"{_column(order_by)} <= ?")
-            params.append(at_most)
-        sql = (
-            f"SELECT key, doc FROM {_table(collection)}"
-            f"{' WHERE ' + ' AND '.join(clauses) if clauses else ''}"
-            f" ORDER BY {_column(order_by)}{' DESC' if descending else ''} LIMIT ?"
-        )
+        end = prefix_end(key_prefix) if key_prefix else None
+        for bound in (key_prefix or None, end, after, at_most):
+            if bound is not None:
+                params.append(bound)
         params.append(limit)
+        sql = _find_sql(
+            collection,
+            tuple(where),
+            order_by,
+            descending,
+            bool(key_prefix),
+            end is not None,
+            after is not None,
+            at_most is not None,
+        )
 
         def read(conn: sqlite3.Connection) -> list[Document]:
             return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]
