@@ -14,6 +14,8 @@ from hypothesis import given as for_all
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from ledger.errors import Unavailable
+from ledger.sqlite_support import SqliteThreads
 from ledger.views.port import KEY, Checkpoint, Scalar, Upsert, ViewStore
 from ledger.views.sqlite import SqliteViewStore
 from tests.contract.view_store_contract import Names, ViewStoreContract
@@ -174,3 +176,31 @@ def test_a_batch_leaves_documents_and_positions_as_its_upserts_one_by_one(
         asyncio.run(apply_all(batched, one_by_one=False))
         asyncio.run(apply_all(single, one_by_one=True))
         assert _rows(batched, names.people) == _rows(single, names.people)
+
+
+async def test_a_read_of_an_undeclared_collection_is_a_bug_not_an_outage(
+    views: SqliteViewStore,
+) -> None:
+    # read on the event loop's thread (read_now): the same rule as the writer's
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await views.get("never_declared", "k1")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await views.find("never_declared", where={}, order_by=KEY, limit=1)
+
+
+@pytest.mark.parametrize("message", ["database is locked", "disk I/O error"])
+def test_an_outage_during_a_read_on_the_loop_thread_is_unavailable(
+    tmp_path: Path, message: str
+) -> None:
+    threads = SqliteThreads(db_path(tmp_path), synchronous="NORMAL")
+
+    def read(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT 1").fetchone()  # a real connection, then the outage
+        raise sqlite3.OperationalError(message)
+
+    try:
+        with pytest.raises(Unavailable, match="unavailable") as raised:
+            threads.read_now(read)
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    finally:
+        threads.close()
