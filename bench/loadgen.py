@@ -115,6 +115,8 @@ class LoadResult:
     """Each watched server's event-loop thread over the window: `ms_per_call` of CPU, and
     the share of the window it spent `running_pct` and `waiting_pct` for a CPU. A thread
     runnable nearly all the time bounds its server's throughput."""
+    windows_per_s: tuple[float, ...] = ()
+    """Each window's throughput, for a result `merged` from windows taken in turns."""
 
     @property
     def throughput(self) -> float:
@@ -132,6 +134,8 @@ class LoadResult:
             "cpu_ms_per_call": self.cpu_ms_per_call,
             "loop_thread": self.loop_threads,
         }
+        if self.windows_per_s:
+            out["windows_per_s"] = [round(w, 1) for w in self.windows_per_s]
         if self.write_latencies_ms:
             out.update(
                 {f"write_{k}_ms": v for k, v in percentiles(self.write_latencies_ms).items()}
@@ -181,6 +185,7 @@ def merged(parts: Sequence[LoadResult]) -> LoadResult:
         answer_bytes=max(p.answer_bytes for p in parts),
         cpu_ms_per_call=cpu,
         loop_threads=loops,
+        windows_per_s=tuple(p.throughput for p in parts),
     )
 
 

@@ -10,6 +10,13 @@ def _met(flag: Any) -> str:
     return "met" if flag is True else "missed" if flag is False else "-"
 
 
+def _ratio(s: dict[str, Any]) -> str:
+    """The pooled ratio, and the range of the turns' own where the sides took turns."""
+    turns = s.get("turn_ratios")
+    spread = f" (turns {min(turns):.2f}-{max(turns):.2f})" if turns else ""
+    return f"{s['ceiling_ratio']:.3f}{spread}"
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(scenario, Ledger, baseline, ratio, target/verdict) for every figure present."""
     out: list[tuple[str, str, str, str, str]] = []
@@ -34,7 +41,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     scenario,
                     lat(s),
                     "ceiling " + lat(c[base]),
-                    f"{s['ceiling_ratio']:.3f}",
+                    _ratio(s),
                     f"{s['target']}: {_met(s['met'])}",
                 )
             )
@@ -52,7 +59,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     scenario,
                     lat(f) + f" (Ledger's {ours} at {f['ledger_ratio']:.3f} of it)",
                     "ceiling " + lat(c[base]),
-                    f"{f['ceiling_ratio']:.3f}",
+                    _ratio(f),
                     reach,
                 )
             )
