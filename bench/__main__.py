@@ -134,7 +134,7 @@ def same_page(floor: str, query: str, account: str) -> None:
         with grpc.insecure_channel(target) as channel:
             stub = query_grpc.AccountQueryServiceStub(channel)
             pages.append(stub.ListTransactions(request, timeout=30))
-    ours, theirs = pages[1], pages[0]
+    theirs, ours = pages
     full = len(ours.transactions) == TRANSACTIONS_PAGE and bool(theirs.next_page_token)
     if list(ours.transactions) != list(theirs.transactions) or not full:
         raise RuntimeError(f"the page floor answers another page than Ledger for {account}")

@@ -23,7 +23,6 @@ import signal
 import sqlite3
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -51,7 +50,10 @@ from ledger.v1 import (
 from ledger.v1 import (
     account_query_service_pb2_grpc as query_grpc,
 )
-from query_server.servicer import KIND_TO_PROTO
+from query_server.servicer import KIND_TO_PROTO, set_time
+
+SCOPE = "0123456789ab"
+"""A page token's query digest, as long as Ledger's (`ledger.paging`)."""
 
 # As large as Ledger's answers under the load (ids, positions and balances of the same
 # magnitudes, both timestamps set): the same bytes to encode and send.
@@ -90,7 +92,7 @@ TRANSACTIONS = query_pb.ListTransactionsResponse(
         )
         for version in range(1, TRANSACTIONS_PAGE + 1)
     ],
-    next_page_token=encode_token(f"hist-00042/{TRANSACTIONS_PAGE:020d}", "0123456789ab"),
+    next_page_token=encode_token(f"hist-00042/{TRANSACTIONS_PAGE:020d}", SCOPE),
 )
 
 
@@ -139,7 +141,6 @@ PAGE_SQL = (
 )
 """What Ledger's view store runs for a first page of ListTransactions (its first
 generation of views: the bench's stack never rebuilds)."""
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PageQueries(Queries):
@@ -156,7 +157,7 @@ class PageQueries(Queries):
         found = rows.fetchall()
         answer = query_pb.ListTransactionsResponse()
         if len(found) > size:
-            answer.next_page_token = encode_token(found[size - 1][0], "0123456789ab")
+            answer.next_page_token = encode_token(found[size - 1][0], SCOPE)
         add = answer.transactions.add
         for _key, raw in found[:size]:
             doc = orjson.loads(raw)
@@ -169,9 +170,7 @@ class PageQueries(Queries):
             row.description = doc["description"]
             row.version = doc["version"]
             row.position = doc["position"]
-            since = datetime.fromisoformat(doc["occurred_at"]) - EPOCH
-            row.occurred_at.seconds = since.days * 86_400 + since.seconds
-            row.occurred_at.nanos = since.microseconds * 1000
+            set_time(row.occurred_at, doc["occurred_at"])
         return answer
 
 

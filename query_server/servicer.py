@@ -87,7 +87,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 M = TypeVar("M", account_pb2.Account, account_pb2.Transaction, transfer_pb2.Transfer)
 
 
-def _set_time(stamp: Timestamp, value: str) -> None:
+def set_time(stamp: Timestamp, value: str) -> None:
     """A stored `timestamp()` into `stamp`, in integer arithmetic: Timestamp.FromDatetime
     goes through calendar.timegm, which took a fifth of a ListTransactions' Python."""
     at = datetime.fromisoformat(value)
@@ -119,7 +119,7 @@ class MessageOf(Generic[M]):
             setattr(message, name, numbers[doc[name]])
         for name in self.times:
             if name not in self.optional or doc.get(name):
-                _set_time(getattr(message, name), doc[name])
+                set_time(getattr(message, name), doc[name])
         return message
 
     def page(self, into: RepeatedCompositeFieldContainer[M], docs: Iterable[Document]) -> None:

@@ -293,22 +293,11 @@ class SqliteViewStore:
         limit: int,
         key_prefix: str = "",
     ) -> list[Document]:
-        params: list[Scalar] = list(where.values())
         end = prefix_end(key_prefix) if key_prefix else None
-        for bound in (key_prefix or None, end, after, at_most):
-            if bound is not None:
-                params.append(bound)
-        params.append(limit)
-        sql = _find_sql(
-            collection,
-            tuple(where),
-            order_by,
-            descending,
-            bool(key_prefix),
-            end is not None,
-            after is not None,
-            at_most is not None,
-        )
+        bounds = (key_prefix or None, end, after, at_most)
+        params = [*where.values(), *(b for b in bounds if b is not None), limit]
+        present = (b is not None for b in bounds)
+        sql = _find_sql(collection, tuple(where), order_by, descending, *present)
 
         def read(conn: sqlite3.Connection) -> list[Document]:
             return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]

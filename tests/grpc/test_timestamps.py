@@ -8,7 +8,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.banking.views import timestamp
-from query_server.servicer import _set_time
+from query_server.servicer import set_time
 
 INSTANTS = [
     datetime(1970, 1, 1, tzinfo=UTC),
@@ -26,7 +26,7 @@ def test_a_stored_timestamp_reads_as_protobuf_converts_it(at: datetime) -> None:
     expected.FromDatetime(at)
 
     stamp = Timestamp()
-    _set_time(stamp, timestamp(at))
+    set_time(stamp, timestamp(at))
 
     assert stamp == expected
 
@@ -36,6 +36,6 @@ def test_a_timestamp_stored_without_an_offset_is_utc() -> None:
     expected.FromDatetime(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
 
     stamp = Timestamp()
-    _set_time(stamp, "2026-01-02T03:04:05.000006")
+    set_time(stamp, "2026-01-02T03:04:05.000006")
 
     assert stamp == expected
