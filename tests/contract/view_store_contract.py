@@ -455,6 +455,42 @@ class ViewStoreContract:
         )
         assert [d[KEY] for d in found] == ["a/1", "a/3"]
 
+    @pytest.mark.parametrize(
+        ("where", "expected"),
+        [
+            ({"flag": True}, ["g/1", "g/2"]),
+            ({"flag": False}, ["g/3"]),
+            ({"flag": None}, []),  # a null or missing field matches nothing
+            ({"n": 2}, ["g/4", "g/5"]),
+            ({"n": "2"}, ["g/6"]),
+            ({"name": "Zoë", "flag": True}, ["g/2"]),
+        ],
+    )
+    async def test_equalities_within_a_key_prefix_match_as_without_one(
+        self, views: ViewStore, names: Names, where: dict[str, Scalar], expected: list[str]
+    ) -> None:
+        docs: list[tuple[str, dict[str, Scalar]]] = [
+            ("g/1", {"flag": True, "name": "Ann"}),
+            ("g/2", {"flag": True, "name": "Zoë"}),
+            ("g/3", {"flag": False, "n": None}),
+            ("g/4", {"n": 2}),
+            ("g/5", {"n": 2, "flag": None}),
+            ("g/6", {"n": "2"}),
+            ("h/1", {"flag": True, "n": 2, "name": "Zoë"}),  # outside the prefix
+        ]
+        upserts = [Upsert(names.other, k, fields, p) for p, (k, fields) in enumerate(docs, 1)]
+        await views.apply(upserts, Checkpoint(names.checkpoint("eq"), len(docs)))
+
+        async def keys(*, limit: int = 10, key_prefix: str = "") -> list[str]:
+            found = await views.find(
+                names.other, where=where, order_by=KEY, limit=limit, key_prefix=key_prefix
+            )
+            return [d[KEY] for d in found]
+
+        assert await keys(key_prefix="g/") == expected
+        assert [k for k in await keys() if k.startswith("g/")] == expected
+        assert await keys(key_prefix="g/", limit=1) == expected[:1]
+
     async def test_a_change_watcher_wakes_on_a_commit_or_there_is_none(
         self, views: ViewStore, names: Names
     ) -> None:
