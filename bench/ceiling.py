@@ -13,7 +13,13 @@ server runs, each row decoded by orjson and filled straight into the answer. The
 server must do to answer a page from those views, without Ledger's layers (validation,
 min_position, the views' generation and layout, the paging module, error mapping).
 
-Both run on the event loop Ledger's processes run on (uvloop, `ledger.process`): a
+`python -m bench.ceiling PORT --prerendered FILE`: an experiment beside the page floor
+(`python -m bench.prerendered`), whose ListTransactions reads its page from a copy of the
+views where each transaction row also holds its `Transaction` message, encoded once when
+the copy was made: a page is then one key-range read and one parse, with no JSON and
+no message built field by field. Not a floor of Ledger's layout: what another would buy.
+
+All run on the event loop Ledger's processes run on (uvloop, `ledger.process`): a
 ceiling on a slower loop than Ledger's would flatter every ratio to it."""
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import signal
 import sqlite3
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -174,15 +181,44 @@ class PageQueries(Queries):
         return answer
 
 
-async def serve(port: int, append_dir: Path | None = None, views: Path | None = None) -> None:
+RENDERED_SQL = (
+    "SELECT key, rendered FROM view_account_history WHERE key >= ? AND key < ?"
+    " AND rendered IS NOT NULL ORDER BY key LIMIT ?"
+)
+"""A first page from the pre-rendered copy (bench.prerendered): `rendered` is set on the
+rows that are transactions, as `ListTransactionsResponse.transactions` entries."""
+
+
+class PrerenderedPages(PageQueries):
+    """The page floor's reads on the pre-rendered copy: the rows' bytes joined are the
+    answer's repeated field, parsed once (in C) into the answer."""
+
+    async def ListTransactions(
+        self, request: query_pb.ListTransactionsRequest, context: Context
+    ) -> query_pb.ListTransactionsResponse:
+        size, prefix = request.page_size, request.account_id + "/"
+        rows = self._db.execute(RENDERED_SQL, (prefix, request.account_id + "0", size + 1))
+        found = rows.fetchall()
+        answer = query_pb.ListTransactionsResponse.FromString(b"".join(r for _, r in found[:size]))
+        if len(found) > size:
+            answer.next_page_token = encode_token(found[size - 1][0], SCOPE)
+        return answer
+
+
+async def serve(
+    port: int,
+    append_dir: Path | None = None,
+    views: Path | None = None,
+    pages: Callable[[Path], Queries] = PageQueries,
+) -> None:
     store = None if append_dir is None else SqliteEventStore(append_dir / "events.sqlite3")
     if store is not None:
         await store.open()
     server = grpc.aio.server()
     commands = Commands() if store is None else AppendingCommands(store)  # type: ignore[abstract]
     cmd_grpc.add_AccountCommandServiceServicer_to_server(commands, server)
-    queries = Queries() if views is None else PageQueries(views)  # type: ignore[abstract]
-    query_grpc.add_AccountQueryServiceServicer_to_server(queries, server)
+    servicer = Queries() if views is None else pages(views)  # type: ignore[abstract]
+    query_grpc.add_AccountQueryServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -198,6 +234,7 @@ async def serve(port: int, append_dir: Path | None = None, views: Path | None = 
 
 if __name__ == "__main__":
     append = Path(sys.argv[3]) if sys.argv[2:3] == ["--append"] else None
-    views = Path(sys.argv[3]) if sys.argv[2:3] == ["--pages"] else None
+    views = Path(sys.argv[3]) if sys.argv[2:3] in (["--pages"], ["--prerendered"]) else None
+    pages = PrerenderedPages if sys.argv[2:3] == ["--prerendered"] else PageQueries
     use_uvloop()  # the event loop Ledger's servers run on: without it, 5-10 % slower
-    asyncio.run(serve(int(sys.argv[1]), append, views))
+    asyncio.run(serve(int(sys.argv[1]), append, views, pages))
