@@ -29,8 +29,8 @@ import signal
 import sqlite3
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
@@ -159,14 +159,22 @@ class PageQueries(Queries):
     async def ListTransactions(
         self, request: query_pb.ListTransactionsRequest, context: Context
     ) -> query_pb.ListTransactionsResponse:
-        size, prefix = request.page_size, request.account_id + "/"
-        rows = self._db.execute(PAGE_SQL, (prefix, request.account_id + "0", True, size + 1))
-        found = rows.fetchall()
-        answer = query_pb.ListTransactionsResponse()
+        size = request.page_size
+        found = self._rows(request.account_id, size + 1)
+        answer = self._answer(found[:size])
         if len(found) > size:
             answer.next_page_token = encode_token(found[size - 1][0], SCOPE)
+        return answer
+
+    def _rows(self, account_id: str, limit: int) -> list[tuple[str, Any]]:
+        """The account's first `limit` transaction rows: (key, what the answer is built of)."""
+        bounds = (account_id + "/", account_id + "0")
+        return self._db.execute(PAGE_SQL, (*bounds, True, limit)).fetchall()
+
+    def _answer(self, rows: list[tuple[str, Any]]) -> query_pb.ListTransactionsResponse:
+        answer = query_pb.ListTransactionsResponse()
         add = answer.transactions.add
-        for _key, raw in found[:size]:
+        for _key, raw in rows:
             doc = orjson.loads(raw)
             row = add()
             row.transaction_id = doc["transaction_id"]
@@ -193,31 +201,22 @@ class PrerenderedPages(PageQueries):
     """The page floor's reads on the pre-rendered copy: the rows' bytes joined are the
     answer's repeated field, parsed once (in C) into the answer."""
 
-    async def ListTransactions(
-        self, request: query_pb.ListTransactionsRequest, context: Context
-    ) -> query_pb.ListTransactionsResponse:
-        size, prefix = request.page_size, request.account_id + "/"
-        rows = self._db.execute(RENDERED_SQL, (prefix, request.account_id + "0", size + 1))
-        found = rows.fetchall()
-        answer = query_pb.ListTransactionsResponse.FromString(b"".join(r for _, r in found[:size]))
-        if len(found) > size:
-            answer.next_page_token = encode_token(found[size - 1][0], SCOPE)
-        return answer
+    def _rows(self, account_id: str, limit: int) -> list[tuple[str, Any]]:
+        bounds = (account_id + "/", account_id + "0")
+        return self._db.execute(RENDERED_SQL, (*bounds, limit)).fetchall()
+
+    def _answer(self, rows: list[tuple[str, Any]]) -> query_pb.ListTransactionsResponse:
+        return query_pb.ListTransactionsResponse.FromString(b"".join(r for _, r in rows))
 
 
-async def serve(
-    port: int,
-    append_dir: Path | None = None,
-    views: Path | None = None,
-    pages: Callable[[Path], Queries] = PageQueries,
-) -> None:
+async def serve(port: int, append_dir: Path | None = None, queries: Queries | None = None) -> None:
     store = None if append_dir is None else SqliteEventStore(append_dir / "events.sqlite3")
     if store is not None:
         await store.open()
     server = grpc.aio.server()
     commands = Commands() if store is None else AppendingCommands(store)  # type: ignore[abstract]
     cmd_grpc.add_AccountCommandServiceServicer_to_server(commands, server)
-    servicer = Queries() if views is None else pages(views)  # type: ignore[abstract]
+    servicer = Queries() if queries is None else queries  # type: ignore[abstract]
     query_grpc.add_AccountQueryServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -233,8 +232,9 @@ async def serve(
 
 
 if __name__ == "__main__":
-    append = Path(sys.argv[3]) if sys.argv[2:3] == ["--append"] else None
-    views = Path(sys.argv[3]) if sys.argv[2:3] in (["--pages"], ["--prerendered"]) else None
-    pages = PrerenderedPages if sys.argv[2:3] == ["--prerendered"] else PageQueries
+    mode, path = (sys.argv[2], Path(sys.argv[3])) if len(sys.argv) > 3 else ("", None)
+    append = path if mode == "--append" else None
+    pages = {"--pages": PageQueries, "--prerendered": PrerenderedPages}.get(mode)
+    queries = None if pages is None or path is None else pages(path)  # type: ignore[abstract]
     use_uvloop()  # the event loop Ledger's servers run on: without it, 5-10 % slower
-    asyncio.run(serve(int(sys.argv[1]), append, views, pages))
+    asyncio.run(serve(int(sys.argv[1]), append, queries))

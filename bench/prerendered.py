@@ -38,7 +38,7 @@ from bench.__main__ import (
     same_page,
     wait_projected,
 )
-from bench.loadgen import LIST_TRANSACTIONS, LoadResult
+from bench.loadgen import LIST_TRANSACTIONS, TRANSACTIONS_PAGE, LoadResult
 from ledger.v1 import account_query_service_pb2 as query_pb
 from query_server.servicer import transaction_message
 from tests.support.processes import QUERY_SERVER, Stack
@@ -89,14 +89,14 @@ def main() -> int:
             running.callback(stack.close)
             query = stack.query_target
             wait_projected(query, histories[-1], head)
-            views = data / "views.sqlite3"
-            rows = prerender(views, work / "prerendered.sqlite3")
+            views, copy = data / "views.sqlite3", work / "prerendered.sqlite3"
+            rows = prerender(views, copy)
             log(f"rendered {rows} transaction rows into a copy of the views")
             ceiling = Ceiling()
             running.callback(ceiling.close)
             floor = Ceiling("--pages", str(views))
             running.callback(floor.close)
-            pre = Ceiling("--prerendered", str(work / "prerendered.sqlite3"))
+            pre = Ceiling("--prerendered", str(copy))
             running.callback(pre.close)
             for server in (floor, pre):
                 same_page(server.target, query, histories[0])
@@ -123,7 +123,8 @@ def main() -> int:
 
 def report(results: dict[str, LoadResult]) -> None:
     base = results["ceiling"]
-    print(f"{'ListTransactions, a page of 10':<32} {'per s':>7} {'ratio':>6}  turns")
+    title = f"ListTransactions, a page of {TRANSACTIONS_PAGE}"
+    print(f"{title:<32} {'per s':>7} {'ratio':>6}  turns")
     for name, result in results.items():
         turns = [ratio(a, b) for a, b in zip(result.windows_per_s, base.windows_per_s, strict=True)]
         print(
