@@ -225,6 +225,13 @@ class GenerationViews:
             key_prefix=key_prefix,
         )
 
+    async def find_rendered(
+        self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        return await self.inner.find_rendered(
+            self.generation.physical(collection), key_prefix=key_prefix, after=after, limit=limit
+        )
+
 
 class ActiveGenerationFollower:
     """Keeps a reader's GenerationViews on the active generation.

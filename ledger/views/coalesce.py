@@ -49,3 +49,9 @@ def folded(run: list[Upsert]) -> Mapping[str, Scalar]:
     for op in run:
         fields.update(op.fields)
     return fields
+
+
+def rendering(run: list[Upsert]) -> bytes | None:
+    """A run's last rendering (None: the run leaves the stored one alone), written
+    with its fold."""
+    return next((op.rendered for op in reversed(run) if op.rendered is not None), None)

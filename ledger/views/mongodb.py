@@ -2,10 +2,11 @@
 
 Each view is a collection `view_<name>` of documents keyed by `_id`; each document
 carries `_pos`, the log position of the last event applied to it, and every write is
-conditional on it. A projector batch becomes one unordered `bulk_write` per collection
-followed by a checkpoint update that never moves backwards, so no transaction is
-needed: a batch redelivered after a crash between the two (or anywhere inside them)
-changes nothing that already reflects it.
+conditional on it; a document's rendering, if it has one, is binary data in
+`_rendered`. A projector batch becomes one unordered `bulk_write` per collection followed
+by a checkpoint update that never moves backwards, so no transaction is needed: a
+batch redelivered after a crash between the two (or anywhere inside them) changes
+nothing that already reflects it.
 
 Upserts of one document within a batch are merged into a single update whose filter
 requires the document to predate the first of them. When the document turns out to
@@ -49,11 +50,12 @@ from ledger.views.port import (
 
 SRV_SCHEME = "mongodb+srv://"
 POSITION = "_pos"
+RENDERED = "_rendered"
 CHECKPOINTS = "checkpoints"
 STATUSES = "statuses"
 DUPLICATE_KEY = 11000
 MAX_ROUNDS = 16
-HIDDEN = {POSITION: 0}
+HIDDEN = {POSITION: 0, RENDERED: 0}
 RawDocument = dict[str, Any]
 
 
@@ -70,8 +72,9 @@ def _conjunction(terms: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _field(name: str) -> str:
-    """A field a caller may set, filter on or sort by; `_pos` belongs to the adapter."""
-    if check_field_name(name) == POSITION:
+    """A field a caller may set, filter on or sort by; `_pos` and `_rendered` belong to
+    the adapter."""
+    if check_field_name(name) in (POSITION, RENDERED):
         raise ValueError(f"view field name {name!r} is reserved by the MongoDB view store")
     return name
 
@@ -85,6 +88,7 @@ def _settable(name: str) -> str:
 def _document(raw: RawDocument) -> Document:
     """A stored document as the port returns it: no position, plain ints (not Int64)."""
     raw.pop(POSITION, None)
+    raw.pop(RENDERED, None)
     return {
         k: int(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in raw.items()
     }
@@ -123,9 +127,11 @@ class _Pending:
         self.ops = [op for op in self.ops if op.position > position]
 
     def update(self) -> UpdateOne:
-        merged: dict[str, Scalar] = {}
+        merged: dict[str, Scalar | bytes] = {}
         for op in self.ops:
             merged.update(op.fields)
+            if op.rendered is not None:
+                merged[RENDERED] = op.rendered
         # A field set to None is stored as null, as the port's contract specifies.
         changes = {"$set": {**merged, POSITION: self.ops[-1].position}}
         return UpdateOne(
@@ -392,3 +398,21 @@ class MongoViewStore:
         async with self._available():
             raws = await cursor.sort(order_by, direction).limit(limit).to_list()
         return [_document(r) for r in raws]
+
+    async def find_rendered(
+        self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        if limit == 0:  # MongoDB would read limit 0 as "no limit"
+            return []
+        keys: dict[str, str] = {"$gte": key_prefix}
+        if (end := prefix_end(key_prefix)) is not None:
+            keys["$lt"] = end
+        if after is not None:
+            keys["$gt"] = after
+        query = {KEY: keys, RENDERED: {"$exists": True}}
+        cursor = self._collection(collection).find(query, {RENDERED: 1})
+        async with self._available():
+            raws = await cursor.sort(KEY, ASCENDING).limit(limit).to_list()
+        return [(raw[KEY], bytes(raw[RENDERED])) for raw in raws]

@@ -63,12 +63,19 @@ class Collection:
 
 @dataclass(frozen=True, slots=True)
 class Upsert:
-    """Create `key` or merge `fields` into it, unless it already reflects `position`."""
+    """Create `key` or merge `fields` into it, unless it already reflects `position`.
+
+    `rendered`, if set, replaces the document's rendering: the document as its readers
+    serve it (an encoded API message, say), made once by the projection so that a read
+    serves stored bytes instead of building its answer field by field. Opaque to the
+    store, and never part of the document `get` and `find` return; an upsert without one
+    leaves the rendering as it was."""
 
     collection: str
     key: str
     fields: Mapping[str, Scalar]
     position: int
+    rendered: bytes | None = None
 
 
 class Changes(Protocol):
@@ -104,7 +111,8 @@ class ViewStore(Protocol):
         status record named `checkpoint`: a retired generation of views, gone for good."""
 
     async def put(self, collection: str, key: str, fields: Mapping[str, Scalar]) -> None:
-        """Replace one document outright, outside any projector batch (last write wins).
+        """Replace one document outright (with no rendering), outside any projector batch
+        (last write wins).
 
         For small control documents with a single writer, such as which generation of
         views readers use; projected documents only ever change through `apply`."""
@@ -155,3 +163,12 @@ class ViewStore(Protocol):
         `key_prefix` keeps only the documents whose key starts with it, read as a range
         of the primary key: keys built as `<parent>/<sequence>` then serve a parent's
         rows in order (with `order_by=KEY`) without a secondary index to maintain."""
+
+    async def find_rendered(
+        self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        """The renderings (see `Upsert`) of the documents whose key starts with
+        `key_prefix` and that have one, in key order, after the key `after`: (key,
+        rendering) pairs, at most `limit`. A page served as stored: no document is
+        decoded and no field is compared, so a view marks the documents a query serves
+        this way by rendering just those."""

@@ -1,7 +1,8 @@
 """The embedded view store: one SQLite file shared by the projector and the query server.
 
 Each collection is a table of JSON documents with the position of the last event that
-changed them; the indexes a context declares become expression indexes on the JSON.
+changed them and their rendering (a BLOB, or NULL); the indexes a context declares become
+expression indexes on the JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import orjson
 from ledger.commit_signals import CommitSignaller
 from ledger.errors import Unavailable
 from ledger.sqlite_support import ChangeWatcher, SqliteThreads, write_transaction
-from ledger.views.coalesce import folded, runs
+from ledger.views.coalesce import folded, rendering, runs
 from ledger.views.port import (
     KEY,
     Checkpoint,
@@ -63,7 +64,8 @@ def _schema(collection: Collection) -> str:
     table = _table(collection.name)
     statements = [
         f"CREATE TABLE IF NOT EXISTS {table} ("
-        " key TEXT PRIMARY KEY, position INTEGER NOT NULL, doc TEXT NOT NULL) WITHOUT ROWID;"
+        " key TEXT PRIMARY KEY, position INTEGER NOT NULL, doc TEXT NOT NULL, rendered BLOB)"
+        " WITHOUT ROWID;"
     ]
     for index in collection.indexes:
         name = f'"ix_{collection.name}_{"_".join(f.strip("_") for f in index.fields)}"'
@@ -74,9 +76,10 @@ def _schema(collection: Collection) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
-    """Insert (key ?1, position ?2, doc ?3), or set just these fields and the position,
-    unless the document is already at position ?4 or later (?4 is ?2 for one upsert, the
-    first one's position for coalesced ones: ledger.views.coalesce).
+    """Insert (key ?1, position ?2, doc ?3, rendered ?5), or set just these fields, the
+    position and the rendering if ?5 has one, unless the document is already at position
+    ?4 or later (?4 is ?2 for one upsert, the first one's position for coalesced ones:
+    ledger.views.coalesce).
 
     json_set with the `->` operator keeps JSON types (null and booleans included),
     unlike json_patch, which would delete a field set to null.
@@ -84,9 +87,9 @@ def _upsert_sql(collection: str, fields: tuple[str, ...]) -> str:
     updates = ", ".join(f"'$.{check_field_name(f)}', excluded.doc -> '$.{f}'" for f in fields)
     new_doc = f"json_set(doc, {updates})" if fields else "doc"
     return (
-        f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?1, ?2, ?3)"
-        f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position"
-        " WHERE position < ?4"
+        f"INSERT INTO {_table(collection)} (key, position, doc, rendered) VALUES (?1, ?2, ?3, ?5)"
+        f" ON CONFLICT (key) DO UPDATE SET doc = {new_doc}, position = excluded.position,"
+        " rendered = coalesce(excluded.rendered, rendered) WHERE position < ?4"
     )
 
 
@@ -114,6 +117,31 @@ def _find_sql(
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _find_rendered_sql(collection: str, has_end: bool, has_after: bool) -> str:
+    """`find_rendered`'s statement: its parameters are the prefix, its end and `after`
+    (those present), then the limit."""
+    clauses = ["key >= ?", *(["key < ?"] if has_end else []), *(["key > ?"] if has_after else [])]
+    return (
+        f"SELECT key, rendered FROM {_table(collection)} WHERE {' AND '.join(clauses)}"
+        " AND rendered IS NOT NULL ORDER BY key LIMIT ?"
+    )
+
+
+def _add_rendered_columns(conn: sqlite3.Connection, collections: Sequence[Collection]) -> None:
+    """Tables made before renderings existed gain their column (NULL: none yet)."""
+    for collection in collections:
+        table = _table(collection.name)
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "rendered" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN rendered BLOB")
+
+
+def _create(conn: sqlite3.Connection, script: str, collections: Sequence[Collection]) -> None:
+    conn.executescript(script)
+    _add_rendered_columns(conn, collections)
+
+
 def _json(fields: Mapping[str, Scalar]) -> str:
     """Every document is written by orjson, which refuses integers beyond 64 bits (as BSON
     does): orjson.loads would read them back as floats."""
@@ -130,21 +158,23 @@ def _write_upserts(conn: sqlite3.Connection, upserts: Sequence[Upsert]) -> None:
     happens to upserts applied again outside the projector (e.g. a parked retry).
     """
     groups: dict[tuple[str, tuple[str, ...]], list[list[Upsert]]] = {}
-    rows: dict[tuple[str, tuple[str, ...]], list[tuple[str, int, str, int]]] = {}
+    rows: dict[tuple[str, tuple[str, ...]], list[tuple[str, int, str, int, bytes | None]]] = {}
     for run in runs(upserts):
         first, fields = run[0], folded(run)
         group = (first.collection, tuple(fields))
         if group not in rows:
             groups[group], rows[group] = [], []
         groups[group].append(run)
-        rows[group].append((first.key, run[-1].position, _json(fields), first.position))
+        rows[group].append(
+            (first.key, run[-1].position, _json(fields), first.position, rendering(run))
+        )
     for group, params in rows.items():
         if conn.executemany(_upsert_sql(*group), params).rowcount == len(params):
             continue
         for op in (op for run in groups[group] if len(run) > 1 for op in run):
             conn.execute(
                 _upsert_sql(op.collection, tuple(op.fields)),
-                (op.key, op.position, _json(op.fields), op.position),
+                (op.key, op.position, _json(op.fields), op.position, op.rendered),
             )
 
 
@@ -179,7 +209,7 @@ class SqliteViewStore:
         threads = SqliteThreads(self._path, synchronous="NORMAL", readers=4)
         script = CHECKPOINTS + "\n".join(_schema(c) for c in collections)
         try:
-            await threads.write(lambda conn: conn.executescript(script))
+            await threads.write(lambda conn: _create(conn, script, collections))
         except BaseException:
             threads.close()  # a retried open must not leak threads and connections
             raise
@@ -197,7 +227,7 @@ class SqliteViewStore:
 
     async def create(self, collections: Sequence[Collection]) -> None:
         script = "\n".join(_schema(c) for c in collections)
-        await self._db.write(lambda conn: conn.executescript(script))
+        await self._db.write(lambda conn: _create(conn, script, collections))
 
     async def drop(self, collections: Sequence[str], checkpoint: str) -> None:
         tables = [_table(c) for c in collections]
@@ -215,7 +245,7 @@ class SqliteViewStore:
         raw = _json({_record_field(f): v for f, v in fields.items()})  # as every document
         sql = (
             f"INSERT INTO {_table(collection)} (key, position, doc) VALUES (?, 0, ?)"
-            " ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = 0"
+            " ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, position = 0, rendered = NULL"
         )
         await self._db.write(lambda conn: conn.execute(sql, (key, raw)))
 
@@ -301,5 +331,18 @@ class SqliteViewStore:
 
         def read(conn: sqlite3.Connection) -> list[Document]:
             return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]
+
+        return self._db.read_now(read) if limit <= INLINE_ROWS else await self._db.read(read)
+
+    async def find_rendered(
+        self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        end = prefix_end(key_prefix)
+        bounds = [b for b in (end, after) if b is not None]
+        sql = _find_rendered_sql(collection, end is not None, after is not None)
+        params = (key_prefix, *bounds, limit)
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            return conn.execute(sql, params).fetchall()
 
         return self._db.read_now(read) if limit <= INLINE_ROWS else await self._db.read(read)

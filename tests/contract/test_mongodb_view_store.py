@@ -20,7 +20,7 @@ from pymongo import MongoClient
 
 from ledger.errors import Unavailable
 from ledger.paging import fetch_page
-from ledger.views.mongodb import POSITION, MongoViewStore, collection_name
+from ledger.views.mongodb import POSITION, RENDERED, MongoViewStore, collection_name
 from ledger.views.port import KEY, Checkpoint, Document, Scalar, Upsert, ViewStore
 from tests.conftest import free_port
 from tests.contract.view_store_contract import Names, ViewStoreContract
@@ -337,7 +337,7 @@ async def test_a_batch_naming_an_undeclared_collection_changes_nothing(
     assert await views.checkpoint(cp) == 10
 
 
-@pytest.mark.parametrize("field", [POSITION, KEY, "a.b", "$set"])
+@pytest.mark.parametrize("field", [POSITION, RENDERED, KEY, "a.b", "$set"])
 async def test_reserved_or_odd_field_names_are_refused(
     views: MongoViewStore, names: Names, field: str
 ) -> None:

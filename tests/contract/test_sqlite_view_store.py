@@ -113,6 +113,29 @@ async def test_documents_and_checkpoints_survive_a_reopen(tmp_path: Path, names:
         await reopened.close()
 
 
+async def test_a_table_from_before_renderings_gains_their_column(
+    tmp_path: Path, names: Names
+) -> None:
+    """A file whose tables predate renderings opens, keeps its documents, and renders."""
+    with sqlite3.connect(db_path(tmp_path)) as old:
+        old.execute(
+            f'CREATE TABLE "view_{names.other}" (key TEXT PRIMARY KEY,'
+            " position INTEGER NOT NULL, doc TEXT NOT NULL) WITHOUT ROWID"
+        )
+        old.execute(f'INSERT INTO "view_{names.other}" VALUES (?, 3, ?)', ("k1", '{"a": 1}'))
+    old.close()
+    store = SqliteViewStore(db_path(tmp_path))
+    await store.open(names.collections)
+    try:
+        assert await store.find_rendered(names.other, key_prefix="k", limit=10) == []
+        cp = Checkpoint(names.checkpoint("projector"), 4)
+        await store.apply([Upsert(names.other, "k1", {"b": 2}, 4, b"r")], cp)
+        assert await store.get(names.other, "k1") == {KEY: "k1", "a": 1, "b": 2}
+        assert await store.find_rendered(names.other, key_prefix="k", limit=10) == [("k1", b"r")]
+    finally:
+        await store.close()
+
+
 async def test_checkpoints_record_an_aware_update_time(
     views: SqliteViewStore, names: Names
 ) -> None:

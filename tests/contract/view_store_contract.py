@@ -68,6 +68,11 @@ PEOPLE: list[tuple[str, dict[str, Scalar]]] = [
 ]
 
 
+def rendering(key: str) -> bytes:
+    """A rendering to tell by its key: any bytes, not text (NUL, 0xff, a newline)."""
+    return b"\x00\xff\n" + key.encode()
+
+
 class ViewStoreContract:
     """Semantics of ledger.views.port.ViewStore."""
 
@@ -490,6 +495,82 @@ class ViewStoreContract:
         assert await keys(key_prefix="g/") == expected
         assert [k for k in await keys() if k.startswith("g/")] == expected
         assert await keys(key_prefix="g/", limit=1) == expected[:1]
+
+    # Renderings
+
+    async def test_renderings_are_served_by_key_range_and_kept_out_of_documents(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        keys = ["a/1", "a/2", "a/3", "ab/1", "a", "b/1", "a0"]
+        unrendered = {"a/2", "a"}  # rendered: every other key, its name and odd bytes
+        upserts = [
+            Upsert(names.other, k, {"n": p}, p, None if k in unrendered else rendering(k))
+            for p, k in enumerate(keys, 1)
+        ]
+        await views.apply(upserts, Checkpoint(names.checkpoint("r"), len(keys)))
+
+        async def rendered(prefix: str, after: str | None = None, limit: int = 10) -> list[str]:
+            found = await views.find_rendered(
+                names.other, key_prefix=prefix, after=after, limit=limit
+            )
+            assert all(r == rendering(k) for k, r in found)
+            return [k for k, _ in found]
+
+        assert await rendered("a/") == ["a/1", "a/3"]
+        assert await rendered("a") == ["a/1", "a/3", "a0", "ab/1"]
+        assert await rendered("") == ["a/1", "a/3", "a0", "ab/1", "b/1"]
+        assert await rendered("a/", after="a/1") == ["a/3"]
+        assert await rendered("a", after="a/2", limit=2) == ["a/3", "a0"]
+        assert await rendered("a", limit=0) == []
+        assert await rendered("c/") == []
+        # Documents read back never show a rendering.
+        assert await views.get(names.other, "a/1") == {KEY: "a/1", "n": 1}
+        found = await views.find(names.other, where={}, order_by=KEY, limit=10, key_prefix="a/")
+        assert found == [{KEY: f"a/{n}", "n": n} for n in (1, 2, 3)]
+
+    async def test_an_upsert_without_a_rendering_keeps_the_one_there(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        cp = names.checkpoint("r")
+
+        async def rendered() -> list[tuple[str, bytes]]:
+            return await views.find_rendered(names.other, key_prefix="k", limit=10)
+
+        await views.apply([Upsert(names.other, "k1", {"a": 1}, 10, b"one")], Checkpoint(cp, 10))
+        await views.apply([Upsert(names.other, "k1", {"a": 2}, 11)], Checkpoint(cp, 11))
+        assert await rendered() == [("k1", b"one")]
+        await views.apply([Upsert(names.other, "k1", {}, 12, b"two")], Checkpoint(cp, 12))
+        assert await rendered() == [("k1", b"two")]
+        # At an old position, a rendering changes nothing, as fields do not.
+        await views.apply([Upsert(names.other, "k1", {}, 12, b"old")], Checkpoint(cp, 12))
+        assert await rendered() == [("k1", b"two")]
+        assert await views.get(names.other, "k1") == {KEY: "k1", "a": 2}
+
+    async def test_a_batch_renders_as_its_upserts_one_by_one(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        # k1 already reflects position 11; k2, with the same upserts, reflects none.
+        cp = names.checkpoint("r")
+        await views.apply([Upsert(names.other, "k1", {}, 11, b"kept")], Checkpoint(cp, 11))
+        batch = [
+            Upsert(names.other, key, {"p": position}, position, rendered)
+            for position, rendered in ((10, b"ten"), (11, b"eleven"), (12, None))
+            for key in ("k1", "k2")
+        ]
+        for _ in range(2):  # and redelivered: nothing changes
+            await views.apply(batch, Checkpoint(cp, 12))
+            found = await views.find_rendered(names.other, key_prefix="k", limit=10)
+            assert found == [("k1", b"kept"), ("k2", b"eleven")]
+
+    async def test_put_replaces_a_document_and_its_rendering(
+        self, views: ViewStore, names: Names
+    ) -> None:
+        await views.apply(
+            [Upsert(names.other, "k1", {"a": 1}, 10, b"one")], Checkpoint(names.checkpoint("r"), 10)
+        )
+        await views.put(names.other, "k1", {"a": 2})
+        assert await views.find_rendered(names.other, key_prefix="k", limit=10) == []
+        assert await views.get(names.other, "k1") == {KEY: "k1", "a": 2}
 
     async def test_a_change_watcher_wakes_on_a_commit_or_there_is_none(
         self, views: ViewStore, names: Names
