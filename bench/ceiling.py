@@ -8,16 +8,11 @@ server must do to acknowledge a durable deposit, without Ledger's domain (valida
 idempotency, the account's state) and without a projector keeping views.
 
 `python -m bench.ceiling PORT --pages FILE`: the page floor, the same server whose
-ListTransactions reads its page from Ledger's views file FILE: the SQL Ledger's query
-server runs, each row decoded by orjson and filled straight into the answer. The least a
-server must do to answer a page from those views, without Ledger's layers (validation,
-min_position, the views' generation and layout, the paging module, error mapping).
-
-`python -m bench.ceiling PORT --prerendered FILE`: an experiment beside the page floor
-(`python -m bench.prerendered`), whose ListTransactions reads its page from a copy of the
-views where each transaction row also holds its `Transaction` message, encoded once when
-the copy was made: a page is then one key-range read and one parse, with no JSON and
-no message built field by field. Not a floor of Ledger's layout: what another would buy.
+ListTransactions reads its page from Ledger's views file FILE: the SQL Ledger's view
+store runs (the renderings of the account's key range), the rows' encoded `Transaction`s
+framed and parsed into the answer, and the next page's token. The least a server must
+do to answer a page from those views, without Ledger's layers (validation, min_position,
+the views' generation and layout, the paging module, error mapping).
 
 All run on the event loop Ledger's processes run on (uvloop, `ledger.process`): a
 ceiling on a slower loop than Ledger's would flatter every ratio to it."""
@@ -30,16 +25,15 @@ import sqlite3
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import grpc
-import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.loadgen import TRANSACTIONS_PAGE
 from ledger.eventstore.port import ANY_VERSION, NewEvent
 from ledger.eventstore.sqlite import SqliteEventStore
 from ledger.grpc.types import Context
+from ledger.grpc.wire import repeated_field
 from ledger.paging import encode_token
 from ledger.process import use_uvloop
 from ledger.v1 import (
@@ -57,7 +51,6 @@ from ledger.v1 import (
 from ledger.v1 import (
     account_query_service_pb2_grpc as query_grpc,
 )
-from query_server.servicer import KIND_TO_PROTO, set_time
 
 SCOPE = "0123456789ab"
 """A page token's query digest, as long as Ledger's (`ledger.paging`)."""
@@ -143,11 +136,14 @@ class Queries(query_grpc.AccountQueryServiceServicer):
 
 
 PAGE_SQL = (
-    "SELECT key, doc FROM view_account_history WHERE key >= ? AND key < ?"
-    " AND json_extract(doc, '$.transaction') = ? ORDER BY key LIMIT ?"
+    "SELECT key, rendered FROM view_account_history WHERE key >= ? AND key < ?"
+    " AND rendered IS NOT NULL ORDER BY key LIMIT ?"
 )
 """What Ledger's view store runs for a first page of ListTransactions (its first
 generation of views: the bench's stack never rebuilds)."""
+TRANSACTIONS_FIELD = query_pb.ListTransactionsResponse.DESCRIPTOR.fields_by_name[
+    "transactions"
+].number
 
 
 class PageQueries(Queries):
@@ -159,54 +155,14 @@ class PageQueries(Queries):
     async def ListTransactions(
         self, request: query_pb.ListTransactionsRequest, context: Context
     ) -> query_pb.ListTransactionsResponse:
-        size = request.page_size
-        found = self._rows(request.account_id, size + 1)
-        answer = self._answer(found[:size])
+        size, account_id = request.page_size, request.account_id
+        bounds = (account_id + "/", account_id + "0")
+        found = self._db.execute(PAGE_SQL, (*bounds, size + 1)).fetchall()
+        page = repeated_field(TRANSACTIONS_FIELD, [rendered for _, rendered in found[:size]])
+        answer = query_pb.ListTransactionsResponse.FromString(page)
         if len(found) > size:
             answer.next_page_token = encode_token(found[size - 1][0], SCOPE)
         return answer
-
-    def _rows(self, account_id: str, limit: int) -> list[tuple[str, Any]]:
-        """The account's first `limit` transaction rows: (key, what the answer is built of)."""
-        bounds = (account_id + "/", account_id + "0")
-        return self._db.execute(PAGE_SQL, (*bounds, True, limit)).fetchall()
-
-    def _answer(self, rows: list[tuple[str, Any]]) -> query_pb.ListTransactionsResponse:
-        answer = query_pb.ListTransactionsResponse()
-        add = answer.transactions.add
-        for _key, raw in rows:
-            doc = orjson.loads(raw)
-            row = add()
-            row.transaction_id = doc["transaction_id"]
-            row.account_id = doc["account_id"]
-            row.kind = KIND_TO_PROTO[doc["kind"]]
-            row.amount_minor = doc["amount_minor"]
-            row.balance_after_minor = doc["balance_after_minor"]
-            row.description = doc["description"]
-            row.version = doc["version"]
-            row.position = doc["position"]
-            set_time(row.occurred_at, doc["occurred_at"])
-        return answer
-
-
-RENDERED_SQL = (
-    "SELECT key, rendered FROM view_account_history WHERE key >= ? AND key < ?"
-    " AND rendered IS NOT NULL ORDER BY key LIMIT ?"
-)
-"""A first page from the pre-rendered copy (bench.prerendered): `rendered` is set on the
-rows that are transactions, as `ListTransactionsResponse.transactions` entries."""
-
-
-class PrerenderedPages(PageQueries):
-    """The page floor's reads on the pre-rendered copy: the rows' bytes joined are the
-    answer's repeated field, parsed once (in C) into the answer."""
-
-    def _rows(self, account_id: str, limit: int) -> list[tuple[str, Any]]:
-        bounds = (account_id + "/", account_id + "0")
-        return self._db.execute(RENDERED_SQL, (*bounds, limit)).fetchall()
-
-    def _answer(self, rows: list[tuple[str, Any]]) -> query_pb.ListTransactionsResponse:
-        return query_pb.ListTransactionsResponse.FromString(b"".join(r for _, r in rows))
 
 
 async def serve(port: int, append_dir: Path | None = None, queries: Queries | None = None) -> None:
@@ -234,7 +190,7 @@ async def serve(port: int, append_dir: Path | None = None, queries: Queries | No
 if __name__ == "__main__":
     mode, path = (sys.argv[2], Path(sys.argv[3])) if len(sys.argv) > 3 else ("", None)
     append = path if mode == "--append" else None
-    pages = {"--pages": PageQueries, "--prerendered": PrerenderedPages}.get(mode)
-    queries = None if pages is None or path is None else pages(path)  # type: ignore[abstract]
+    pages = path if mode == "--pages" else None
+    queries = None if pages is None else PageQueries(pages)  # type: ignore[abstract]
     use_uvloop()  # the event loop Ledger's servers run on: without it, 5-10 % slower
     asyncio.run(serve(int(sys.argv[1]), append, queries))

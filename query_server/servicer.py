@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC
 
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from ledger.banking.messages import (
+    STATUS_FROM_PROTO,
+    account_message,
+    transaction_message,
+    transfer_message,
+)
 from ledger.banking.views import (
     ACCOUNT_HISTORY,
     ACCOUNT_TRANSFERS,
@@ -30,37 +31,22 @@ from ledger.consistency import CheckpointFollower, Watch
 from ledger.domain.values import check_account_id
 from ledger.errors import FieldViolation, NotFound, Unavailable, require
 from ledger.grpc.types import Context
-from ledger.paging import check_page_size, fetch_page
-from ledger.v1 import account_pb2, account_query_service_pb2_grpc, transfer_pb2
+from ledger.grpc.wire import repeated_field
+from ledger.paging import check_page_size, fetch_page, fetch_rendered_page
 from ledger.v1 import account_query_service_pb2 as pb
+from ledger.v1 import account_query_service_pb2_grpc
 from ledger.views.port import KEY, Document, Scalar, ViewStore
 from query_server.projection_status import projection_statuses
-
-STATUS_TO_PROTO = {
-    "OPEN": account_pb2.ACCOUNT_STATUS_OPEN,
-    "CLOSED": account_pb2.ACCOUNT_STATUS_CLOSED,
-    "FROZEN": account_pb2.ACCOUNT_STATUS_FROZEN,
-}
-STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
-KIND_TO_PROTO = {
-    "DEPOSIT": account_pb2.TRANSACTION_KIND_DEPOSIT,
-    "WITHDRAWAL": account_pb2.TRANSACTION_KIND_WITHDRAWAL,
-    "TRANSFER_OUT": account_pb2.TRANSACTION_KIND_TRANSFER_OUT,
-    "TRANSFER_IN": account_pb2.TRANSACTION_KIND_TRANSFER_IN,
-    "TRANSFER_REFUND": account_pb2.TRANSACTION_KIND_TRANSFER_REFUND,
-}
-TRANSFER_STATUS_TO_PROTO = {
-    "PENDING": transfer_pb2.TRANSFER_STATUS_PENDING,
-    "COMPLETED": transfer_pb2.TRANSFER_STATUS_COMPLETED,
-    "FAILED": transfer_pb2.TRANSFER_STATUS_FAILED,
-}
-
 
 # The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 HISTORY_LAYOUT = 3
 """The banking views' version from which transactions and balances live on the
 account_history rows: ListTransactions, GetAccountAsOf and WatchAccount need it."""
+RENDERED_LAYOUT = 5
+"""The banking views' version from which transaction rows carry their rendered
+`Transaction`: ListTransactions serves those; before it, it builds them field by field."""
+TRANSACTIONS_FIELD = pb.ListTransactionsResponse.DESCRIPTOR.fields_by_name["transactions"].number
 LAST_VERSION = 10**20 - 1
 """Sorts after every version in an `at_key` (versions are written with 20 digits)."""
 WATCH_BATCH = 100
@@ -79,81 +65,6 @@ def check_as_of(request: pb.GetAccountAsOfRequest) -> list[FieldViolation]:
         if not MIN_SECONDS <= stamp.seconds <= MAX_SECONDS or not 0 <= stamp.nanos < 10**9:
             return [FieldViolation("as_of_time", "is not a valid timestamp")]
     return []
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-M = TypeVar("M", account_pb2.Account, account_pb2.Transaction, transfer_pb2.Transfer)
-
-
-def set_time(stamp: Timestamp, value: str) -> None:
-    """A stored `timestamp()` into `stamp`, in integer arithmetic: Timestamp.FromDatetime
-    goes through calendar.timegm, which took a fifth of a ListTransactions' Python."""
-    at = datetime.fromisoformat(value)
-    since = (at if at.tzinfo else at.replace(tzinfo=UTC)) - EPOCH
-    stamp.seconds, stamp.nanos = since.days * 86_400 + since.seconds, since.microseconds * 1000
-
-
-@dataclass(frozen=True)
-class MessageOf(Generic[M]):
-    """How a view document becomes a message: `fields` are stored under the message's own
-    names and types, `enums` by name, `times` as `timestamp()` text; those in `optional`
-    may be absent (or null), leaving the message's default.
-
-    Called with `into`, a page's `.add()`, it fills that message in place: one built apart
-    and then listed in the answer is copied in, a fifth of the cost of building a page."""
-
-    kind: type[M]
-    fields: tuple[str, ...]
-    enums: Mapping[str, Mapping[str, int]]
-    times: tuple[str, ...]
-    optional: frozenset[str] = frozenset()
-
-    def __call__(self, doc: Document, into: M | None = None) -> M:
-        message = self.kind() if into is None else into
-        for name in self.fields:
-            if name not in self.optional or doc.get(name) is not None:
-                setattr(message, name, doc[name])
-        for name, numbers in self.enums.items():
-            setattr(message, name, numbers[doc[name]])
-        for name in self.times:
-            if name not in self.optional or doc.get(name):
-                set_time(getattr(message, name), doc[name])
-        return message
-
-    def page(self, into: RepeatedCompositeFieldContainer[M], docs: Iterable[Document]) -> None:
-        """Each of `docs` as a message added to an answer's repeated field, in place."""
-        for doc in docs:
-            self(doc, into.add())
-
-
-account_message = MessageOf(
-    account_pb2.Account,
-    ("account_id", "owner_name", "currency", "balance_minor", "version", "position"),
-    {"status": STATUS_TO_PROTO},
-    ("opened_at", "updated_at"),
-)
-transaction_message = MessageOf(
-    account_pb2.Transaction,
-    (
-        *("transaction_id", "account_id", "amount_minor", "balance_after_minor", "description"),
-        *("version", "position", "transfer_id", "counterparty_account_id"),
-    ),
-    {"kind": KIND_TO_PROTO},
-    ("occurred_at",),
-    optional=frozenset({"transfer_id", "counterparty_account_id"}),
-)
-transfer_message = MessageOf(
-    transfer_pb2.Transfer,
-    (
-        *("transfer_id", "from_account_id", "to_account_id", "amount_minor", "currency"),
-        *("description", "failure_reason", "position"),
-    ),
-    {"status": TRANSFER_STATUS_TO_PROTO},
-    ("requested_at", "completed_at"),
-    optional=frozenset({"completed_at"}),
-)
 
 
 # The fields every `account_history` row carries.
@@ -336,6 +247,38 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
         require([*check_account_id(request.account_id), *check_page_size(request.page_size)])
         self._require_history_layout()
         await self._caught_up(request.min_position, context)
+        if self._views_version() < RENDERED_LAYOUT:
+            answer = await self._transactions_built(request)
+        else:
+            answer = await self._transactions_rendered(request)
+        if not answer.transactions:  # else the account has a history, so it exists
+            await self._account(request.account_id)
+        return answer
+
+    async def _transactions_rendered(
+        self, request: pb.ListTransactionsRequest
+    ) -> pb.ListTransactionsResponse:
+        """A page of the rows' renderings, each an encoded `Transaction`: the answer is
+        parsed from them (in C) instead of built field by field."""
+        page = await fetch_rendered_page(
+            self._views,
+            ACCOUNT_HISTORY,
+            rendered_where={TRANSACTION: True},
+            page_size=request.page_size,
+            page_token=request.page_token,
+            key_prefix=history_rows(request.account_id),
+        )
+        answer = pb.ListTransactionsResponse.FromString(
+            repeated_field(TRANSACTIONS_FIELD, page.renderings)
+        )
+        answer.next_page_token = page.next_page_token
+        return answer
+
+    async def _transactions_built(
+        self, request: pb.ListTransactionsRequest
+    ) -> pb.ListTransactionsResponse:
+        """A page built field by field from the rows' documents: views from before
+        renderings, still active while the projector builds newer ones."""
         page = await fetch_page(
             self._views,
             ACCOUNT_HISTORY,
@@ -345,8 +288,6 @@ class AccountQueryServicer(account_query_service_pb2_grpc.AccountQueryServiceSer
             page_token=request.page_token,
             key_prefix=history_rows(request.account_id),
         )
-        if not page.documents:  # else the account has a history, so it exists
-            await self._account(request.account_id)
         answer = pb.ListTransactionsResponse(next_page_token=page.next_page_token)
         transaction_message.page(answer.transactions, page.documents)
         return answer

@@ -10,8 +10,10 @@ rejected credit leaves the transfer PENDING until its refund.
 its version, position and time (and `at_key`, ordering by time then version), the
 balance if the event set it, and, for a transaction (a deposit, a withdrawal, a
 transfer's debit, credit or refund), the transaction itself with `transaction` true:
-ListTransactions reads those rows, so a deposit writes two documents (the account and
-its row), not one per view. `status_history` holds the events that set the status.
+ListTransactions serves those rows' renderings (each row's `Transaction` message,
+encoded once here: only transaction rows have one), so a deposit writes two documents
+(the account and its row), not one per view, and a page is served without building a
+message. `status_history` holds the events that set the status.
 Handlers see only their event, so each row holds what that event determines; the state
 as of version v (GetAccountAsOf) is the last account_history row at or before v, its
 balance from the last row at or before v that set one (the last transaction, else the
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from ledger.banking.messages import transaction_message
 from ledger.domain import transfers
 from ledger.domain.accounts import (
     EVENT_TYPES,
@@ -78,8 +81,8 @@ projection = Projection(
     name="banking",
     # 2: the history collections; 3: transactions and balances on the account_history
     # rows; 4: the history rows read by key range, three indexes fewer (a new version's
-    # checkpoint replays the whole log)
-    version=4,
+    # checkpoint replays the whole log); 5: transaction rows rendered (a new generation)
+    version=5,
     codec=codec,
     categories=("account", "transfer"),
     collections=COLLECTIONS,
@@ -146,7 +149,8 @@ def _account_change(
     }
     if balance_minor is not None:
         history["balance_minor"] = balance_minor
-    yield Upsert(ACCOUNT_HISTORY, row, history, position)
+    rendered = None if transaction is None else transaction_message(history).SerializeToString()
+    yield Upsert(ACCOUNT_HISTORY, row, history, position, rendered)
     if status is not None:
         yield Upsert(STATUS_HISTORY, row, {**base, "status": status}, position)
 

@@ -13,8 +13,10 @@ import pytest
 from ledger.banking.views import projection
 from ledger.v1 import account_pb2
 from ledger.v1 import account_query_service_pb2 as qry
+from query_server.servicer import RENDERED_LAYOUT
 from tests.grpc.conftest import InProcessLedger, LedgerFactory
 from tests.support import LedgerClient, MoveResponse, connect, expect_failure, new_id
+from tests.support.views import WrappedViews
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 OPEN, CLOSED = account_pb2.ACCOUNT_STATUS_OPEN, account_pb2.ACCOUNT_STATUS_CLOSED
@@ -330,6 +332,66 @@ async def test_the_largest_page_size_and_the_default(client: LedgerClient) -> No
             )
         )
         assert (len(page.accounts), page.next_page_token) == (3, "")
+
+
+class WithoutRenderings(WrappedViews):
+    """Views as a projection before renderings left them: no document has one."""
+
+    async def find_rendered(
+        self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
+    ) -> list[tuple[str, bytes]]:
+        return []
+
+
+async def all_transactions(
+    ledger: InProcessLedger, client: LedgerClient, account_id: str, versions: list[int]
+) -> list[account_pb2.Transaction]:
+    """Every transaction, two a page, each page read with the views at the next of
+    `versions` (as when readers move to a rebuilt generation between pages)."""
+    listed: list[account_pb2.Transaction] = []
+    token = ""
+    for version in versions:
+        ledger.views_version = version
+        page = await client.queries.ListTransactions(
+            qry.ListTransactionsRequest(account_id=account_id, page_size=2, page_token=token)
+        )
+        listed.extend(page.transactions)
+        token = page.next_page_token
+        if not token:
+            return listed
+    raise AssertionError(f"more pages than {versions}")
+
+
+async def test_transactions_are_built_from_documents_in_views_without_renderings(
+    make_ledger: LedgerFactory,
+) -> None:
+    """Served from renderings or built from documents (views of an older version, still
+    active while the projector builds newer ones), the transactions are the same, and a
+    page token from either way pages on in the other."""
+    ledger = await make_ledger()
+    older = await make_ledger(views_version=RENDERED_LAYOUT - 1, wrap_views=WithoutRenderings)
+    async with (
+        connect(ledger.command_target, ledger.query_target) as client,
+        connect(older.command_target, older.query_target) as older_client,
+    ):
+        account_id = new_id()
+        last = 0
+        for each in (client, older_client):
+            await each.open(account_id)
+            for n in range(1, 6):
+                move = each.withdraw if n == 3 else each.deposit
+                last = (await move(account_id, 10 * n, description=f"m{n}")).position
+            await each.transactions(account_id, min_position=last)  # projected
+        new, old = RENDERED_LAYOUT, RENDERED_LAYOUT - 1
+        rendered = await all_transactions(ledger, client, account_id, [new] * 3)
+        assert [t.description for t in rendered] == [f"m{n}" for n in range(1, 6)]
+        for versions in ([old] * 3, [old, new, old], [new, old, new]):
+            listed = await all_transactions(ledger, client, account_id, versions)
+            assert listed == rendered
+        built = await all_transactions(older, older_client, account_id, [old] * 3)
+        assert [(t.description, t.amount_minor, t.kind) for t in built] == [
+            (t.description, t.amount_minor, t.kind) for t in rendered
+        ]
 
 
 async def test_reads_that_need_newer_views_are_unavailable_until_they_are_rebuilt(

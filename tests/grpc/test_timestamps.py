@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.banking.messages import set_time
 from ledger.banking.views import timestamp
-from query_server.servicer import set_time
 
 INSTANTS = [
     datetime(1970, 1, 1, tzinfo=UTC),
