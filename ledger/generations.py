@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -119,12 +120,22 @@ def initial(projection: str, version: int) -> Generations:
 
 
 async def load(views: ViewStore, projection: str, version: int) -> tuple[Generations, bool]:
-    """The stored control document, or generation 0 at `version` if there is none yet
-    (and False: not stored)."""
+    """The stored control document, or, if there is none yet (and False: not stored),
+    generation 0 at the version its checkpoint names (views from before generations
+    existed, to be rebuilt if older), else at `version` (a new store)."""
     doc = await views.get(GENERATIONS.name, projection)
     if doc is None:
-        return initial(projection, version), False
+        return initial(projection, await _unrecorded_version(views, projection, version)), False
     return Generations.from_document(projection, doc), True
+
+
+async def _unrecorded_version(views: ViewStore, projection: str, version: int) -> int:
+    """The newest version with a generation 0 checkpoint (`<name>-v<version>`), if any:
+    without it, newer code would take older views for its own and leave them as they are
+    (every upsert conditional on a position they already reflect)."""
+    pattern = re.compile(rf"{re.escape(projection)}-v(\d+)")
+    found = [int(m[1]) for c in await views.checkpoints() if (m := pattern.fullmatch(c.name))]
+    return max(found, default=version)
 
 
 async def save(views: ViewStore, generations: Generations) -> None:

@@ -28,6 +28,7 @@ from ledger.generations import (
 )
 from ledger.parking import utc_now
 from ledger.projection import Projection
+from ledger.projection_runner import ProjectionRunner
 from ledger.projection_supervisor import ProjectionSupervisor, ViewsAreNewer
 from ledger.rebuild_progress import Progress, Sample, Terminal, follow_rebuild
 from ledger.views.port import KEY, Checkpoint, Document, ViewStore
@@ -146,6 +147,39 @@ async def test_a_newer_projection_version_rebuilds_on_its_own(stores: Stores) ->
     older = ProjectionSupervisor(stores.events, stores.views, projection)
     with pytest.raises(ViewsAreNewer, match="newer code"):
         await older.run()
+
+
+async def test_views_from_before_generations_are_rebuilt_at_a_newer_version(
+    stores: Stores,
+) -> None:
+    """Views made before the control document existed (by a runner alone, as every
+    projector did then) name their version only in their checkpoint. Newer code takes
+    them for that version and rebuilds, rather than for its own: upserts conditional on
+    positions the old documents already reflect would leave those as they were."""
+    account_id = new_id()
+    head = await append_account_events(stores.events, account_id, [40, 2])
+    older = copy.copy(projection)
+    older.version = projection.version - 1
+    task = asyncio.create_task(ProjectionRunner(stores.events, stores.views, older).run())
+    try:
+        await eventually(
+            lambda: stores.views.checkpoint(older.first_generation.name),
+            lambda p: p == head.position,
+            "the older views live",
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await stores.views.create([GENERATIONS])  # as the projector and query server do
+    found, stored = await load(stores.views, projection.name, projection.version)
+    assert (found.active.version, stored) == (older.version, False)
+
+    async with supervising(stores):
+        await eventually(lambda: generations(stores), lambda g: g.active == G1, "rebuilt")
+    doc = await GenerationViews(stores.views, G1).get(ACCOUNTS, account_id)
+    assert doc is not None
+    assert doc["balance_minor"] == 42
 
 
 async def test_a_build_interrupted_resumes_from_its_own_checkpoint(stores: Stores) -> None:
