@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import tempfile
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from ledger.errors import Unavailable
 from ledger.sqlite_support import SqliteThreads
-from ledger.views.port import KEY, Checkpoint, Scalar, Upsert, ViewStore
+from ledger.views.port import KEY, Checkpoint, Collection, Index, Scalar, Upsert, ViewStore
 from ledger.views.sqlite import SqliteViewStore
 from tests.contract.view_store_contract import Names, ViewStoreContract
 
@@ -134,6 +135,116 @@ async def test_a_table_from_before_renderings_gains_their_column(
         assert await store.find_rendered(names.other, key_prefix="k", limit=10) == [("k1", b"r")]
     finally:
         await store.close()
+
+
+def own_columns_agree(path: Path, collection: str) -> list[tuple[str, str]]:
+    """(key, field) of every own column that differs from its document's value."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        table = f'"view_{collection}"'
+        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+        own = [c for c in columns if c.startswith("f_")]
+        assert own, "the table keeps no field in a column of its own"
+        return [
+            (key, column)
+            for column in own
+            for (key,) in conn.execute(
+                f"SELECT key FROM {table} WHERE {column} IS NOT json_extract(doc, '$.{column[2:]}')"
+            )
+        ]
+
+
+def plan(path: Path, sql: str, *params: object) -> str:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+
+
+async def test_indexed_fields_live_in_columns_that_follow_their_documents(
+    views: SqliteViewStore, names: Names, tmp_path: Path
+) -> None:
+    """Only writes that name an indexed field set its column (so others leave the index
+    alone); whatever the writes, each column equals its document's field, and the
+    indexes are on the columns."""
+    cp = names.checkpoint("a")
+    await views.apply(
+        [
+            Upsert(names.people, "p1", {"status": "OPEN", "team": "red", "seq": 1}, 1),
+            Upsert(names.people, "p2", {"status": "OPEN", "name": "Bob"}, 1),
+            Upsert(names.people, "p3", {"name": "Zoë"}, 1),
+        ],
+        Checkpoint(cp, 1),
+    )
+    await views.apply(
+        [
+            Upsert(names.people, "p1", {"name": "Ada"}, 2),  # no indexed field
+            Upsert(names.people, "p2", {"status": "CLOSED"}, 2),
+            Upsert(names.people, "p2", {"seq": 5, "status": None}, 3),  # coalesced with it
+            Upsert(names.people, "p3", {"team": True}, 2),
+        ],
+        Checkpoint(cp, 3),
+    )
+    await views.put(names.people, "p4", {"status": "OPEN", "seq": "4"})
+    await views.put(names.people, "p1", {"team": "blue"})  # the whole document goes
+    assert own_columns_agree(db_path(tmp_path), names.people) == []
+
+    async def keys(**where: Scalar) -> list[str]:
+        found = await views.find(names.people, where=where, order_by=KEY, limit=10)
+        return [d[KEY] for d in found]
+
+    assert await keys(status="OPEN") == ["p4"]
+    assert await keys(status=None) == []
+    assert await keys(team="blue") == ["p1"]
+    assert await keys(team=True) == ["p3"]
+    assert await keys(seq=5) == ["p2"]
+    assert await keys(seq="4") == ["p4"]
+    table = f'"view_{names.people}"'
+    used = plan(db_path(tmp_path), f"SELECT key FROM {table} WHERE f_status = ? ORDER BY key", 1)
+    assert f"ix_{names.people}_status" in used
+
+
+async def test_a_table_with_indexes_on_expressions_keeps_them(tmp_path: Path, names: Names) -> None:
+    """A table made before own columns is read and written as it was: code from before
+    them may still write it, setting no column."""
+    table = f'"view_{names.people}"'
+    with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as old:
+        old.execute(
+            f"CREATE TABLE {table} (key TEXT PRIMARY KEY, position INTEGER NOT NULL,"
+            " doc TEXT NOT NULL) WITHOUT ROWID"
+        )
+        old.execute(
+            f'CREATE INDEX "ix_{names.people}_status" ON {table}'
+            " (json_extract(doc, '$.status'), key)"
+        )
+        old.execute(f"INSERT INTO {table} VALUES ('p1', 1, '{{\"status\": \"OPEN\"}}')")
+        old.commit()
+    store = SqliteViewStore(db_path(tmp_path))
+    await store.open(names.collections)
+    try:
+        cp = Checkpoint(names.checkpoint("a"), 2)
+        await store.apply([Upsert(names.people, "p2", {"status": "OPEN", "team": "red"}, 2)], cp)
+        await store.apply([Upsert(names.people, "p1", {"status": "CLOSED"}, 3)], cp)
+        found = await store.find(names.people, where={"status": "OPEN"}, order_by=KEY, limit=9)
+        assert [d[KEY] for d in found] == ["p2"]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as conn:
+        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    assert not [c for c in columns if c.startswith("f_")]
+    sql = f"SELECT key FROM {table} WHERE json_extract(doc, '$.status') = ? ORDER BY key"
+    assert f"ix_{names.people}_status" in plan(db_path(tmp_path), sql, "OPEN")
+
+
+async def test_an_index_declared_later_gets_its_column_filled(tmp_path: Path, names: Names) -> None:
+    store = SqliteViewStore(db_path(tmp_path))
+    await store.open([Collection(names.other)])
+    try:
+        cp = Checkpoint(names.checkpoint("a"), 1)
+        await store.apply([Upsert(names.other, "o1", {"team": "red"}, 1)], cp)
+        await store.create([Collection(names.other, (Index(("team", KEY)),))])
+        found = await store.find(names.other, where={"team": "red"}, order_by=KEY, limit=9)
+        assert [d[KEY] for d in found] == ["o1"]
+    finally:
+        await store.close()
+    assert own_columns_agree(db_path(tmp_path), names.other) == []
 
 
 async def test_checkpoints_record_an_aware_update_time(
