@@ -81,8 +81,10 @@ projection = Projection(
     name="banking",
     # 2: the history collections; 3: transactions and balances on the account_history
     # rows; 4: the history rows read by key range, three indexes fewer (a new version's
-    # checkpoint replays the whole log); 5: transaction rows rendered (a new generation)
-    version=5,
+    # checkpoint replays the whole log); 5: transaction rows rendered (a new generation);
+    # 6: the same views, but SQLite keeps the indexed fields in columns of their own,
+    # which code from before would not set: a projector of 5 refuses to write them
+    version=6,
     codec=codec,
     categories=("account", "transfer"),
     collections=COLLECTIONS,
