@@ -51,6 +51,7 @@ from ledger.v1 import (
 from ledger.v1 import (
     account_query_service_pb2_grpc as query_grpc,
 )
+from query_server.servicer import TRANSACTIONS_FIELD
 
 SCOPE = "0123456789ab"
 """A page token's query digest, as long as Ledger's (`ledger.paging`)."""
@@ -141,9 +142,6 @@ PAGE_SQL = (
 )
 """What Ledger's view store runs for a first page of ListTransactions (its first
 generation of views: the bench's stack never rebuilds)."""
-TRANSACTIONS_FIELD = query_pb.ListTransactionsResponse.DESCRIPTOR.fields_by_name[
-    "transactions"
-].number
 
 
 class PageQueries(Queries):

@@ -36,6 +36,7 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from ledger.errors import Unavailable
+from ledger.views.coalesce import folded, rendering
 from ledger.views.port import (
     KEY,
     Checkpoint,
@@ -94,6 +95,19 @@ def _document(raw: RawDocument) -> Document:
     }
 
 
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+
+
+def _key_range(prefix: str) -> dict[str, Scalar]:
+    """The keys that start with `prefix`, as a range of `_id` (as in the SQLite store)."""
+    keys: dict[str, Scalar] = {"$gte": prefix}
+    if (end := prefix_end(prefix)) is not None:
+        keys["$lt"] = end
+    return keys
+
+
 def _utc(value: object) -> datetime | None:
     return value.astimezone(UTC) if isinstance(value, datetime) else None
 
@@ -127,11 +141,9 @@ class _Pending:
         self.ops = [op for op in self.ops if op.position > position]
 
     def update(self) -> UpdateOne:
-        merged: dict[str, Scalar | bytes] = {}
-        for op in self.ops:
-            merged.update(op.fields)
-            if op.rendered is not None:
-                merged[RENDERED] = op.rendered
+        merged: dict[str, Scalar | bytes] = {**folded(self.ops)}
+        if (rendered := rendering(self.ops)) is not None:
+            merged[RENDERED] = rendered
         # A field set to None is stored as null, as the port's contract specifies.
         changes = {"$set": {**merged, POSITION: self.ops[-1].position}}
         return UpdateOne(
@@ -372,8 +384,7 @@ class MongoViewStore:
         limit: int,
         key_prefix: str = "",
     ) -> list[Document]:
-        if limit < 0:
-            raise ValueError(f"limit must not be negative, got {limit}")
+        _check_limit(limit)
         terms: list[dict[str, Any]] = [{_field(f): v} for f, v in where.items()]
         _field(order_by)
         # As in SQLite, where None is never equal to anything; and limit 0 is no rows
@@ -381,10 +392,7 @@ class MongoViewStore:
         if limit == 0 or any(v is None for v in where.values()):
             return []
         if key_prefix:
-            keys: dict[str, Scalar] = {"$gte": key_prefix}
-            if (end := prefix_end(key_prefix)) is not None:
-                keys["$lt"] = end
-            terms.append({KEY: keys})
+            terms.append({KEY: _key_range(key_prefix)})
         condition: dict[str, Scalar] = {}
         if after is not None:
             condition["$lt" if descending else "$gt"] = after
@@ -402,13 +410,10 @@ class MongoViewStore:
     async def find_rendered(
         self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
     ) -> list[tuple[str, bytes]]:
-        if limit < 0:
-            raise ValueError(f"limit must not be negative, got {limit}")
+        _check_limit(limit)
         if limit == 0:  # MongoDB would read limit 0 as "no limit"
             return []
-        keys: dict[str, str] = {"$gte": key_prefix}
-        if (end := prefix_end(key_prefix)) is not None:
-            keys["$lt"] = end
+        keys = _key_range(key_prefix)
         if after is not None:
             keys["$gt"] = after
         query = {KEY: keys, RENDERED: {"$exists": True}}

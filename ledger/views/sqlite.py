@@ -6,7 +6,7 @@ in a column of its own (`f_<field>`, equal to the document's value), set only by
 writes that name the field, and the index is on those columns: a write that changes other
 fields leaves the index alone, where an index on an expression of the document would be
 rewritten with every change to it (two of the three pages an account's update dirtied).
-Tables made before this keep their expression indexes (`_Layout`).
+Tables made before this keep their expression indexes (`_create_collection`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def _table_columns(conn: sqlite3.Connection, table: str) -> set[str] | None:
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")} or None
 
 
+def _own_fields(names: set[str]) -> Columns:
+    """The fields kept in columns of their own, among a table's column `names`."""
+    return frozenset(n[2:] for n in names if n.startswith("f_"))
+
+
 def _create_collection(conn: sqlite3.Connection, collection: Collection) -> Columns:
     """The collection's table and indexes, made if missing; the fields it keeps in
     columns. An existing table with indexes on expressions (made before own columns)
@@ -103,18 +108,18 @@ def _create_collection(conn: sqlite3.Connection, collection: Collection) -> Colu
         existing = {"rendered", *(f"f_{f}" for f in indexed)}
     if "rendered" not in existing:  # a table from before renderings: none yet
         conn.execute(f"ALTER TABLE {table} ADD COLUMN rendered BLOB")
+    present = _own_fields(existing)
     legacy = (
-        not any(c.startswith("f_") for c in existing)
+        not present
         and conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
             (table.strip('"'),),
         ).fetchone()
     )
     columns: Columns = frozenset() if legacy else frozenset(indexed)
-    for field in columns:
-        if f"f_{field}" not in existing:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {_own_column(field)}")
-            conn.execute(f"UPDATE {table} SET {_own_column(field)} = {_column(field)}")
+    for field in columns - present:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {_own_column(field)}")
+        conn.execute(f"UPDATE {table} SET {_own_column(field)} = {_column(field)}")
     for index in collection.indexes:
         name = f'"ix_{collection.name}_{"_".join(f.strip("_") for f in index.fields)}"'
         on = ", ".join(_column(f, columns) for f in index.fields)
@@ -216,7 +221,7 @@ def _create(
 def _read_columns(conn: sqlite3.Connection, collection: str) -> Columns | None:
     """The fields an existing table keeps in columns; None if there is no such table."""
     names = _table_columns(conn, _table(collection))
-    return None if names is None else frozenset(n[2:] for n in names if n.startswith("f_"))
+    return None if names is None else _own_fields(names)
 
 
 def _json(fields: Mapping[str, Scalar]) -> str:
