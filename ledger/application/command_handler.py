@@ -23,8 +23,10 @@ replay.
 
 Idempotency: a command's events have ids derived from (stream, request id, index), so
 the first event of any request can be found by id. The cache remembers the requests it
-folded; after a full replay that map is complete. After a snapshot it lacks the requests
-before the snapshot; those are found in the store instead, by their first event's id
+folded; after a full replay that map is complete. After a snapshot (loaded, or written:
+then the cache forgets the requests it covers, so a stream that stays cached does not
+hold every request id of its history) it lacks the requests before the snapshot; those
+are found in the store instead, by their first event's id
 (`find_event`, an index lookup), at no cost on the common path: the store refuses an
 append whose ids it holds anywhere (`unique_event_ids`), so a retry of an old request
 shows up as a refused append, and only then, or before a refusal or an empty decision
@@ -362,8 +364,7 @@ class CommandHandler(Generic[S, C, E]):
                 stream, loaded, state, len(decided), queued.metadata, version, position
             )
             queued.future.set_result(Outcome(decided, version, position))
-        await self._snapshot_if_due(stream, before, loaded)
-        return loaded
+        return await self._snapshot_if_due(stream, before, loaded)
 
     @staticmethod
     async def _settle(queued: _Queued[C, E], answer: Awaitable[Outcome[E]]) -> None:
@@ -405,8 +406,7 @@ class CommandHandler(Generic[S, C, E]):
             loaded = self._apply(loaded, after)
         self._keep(stream, loaded)
         before = NO_STREAM if restored is None else restored.version
-        await self._snapshot_if_due(stream, before, loaded)
-        return loaded, True
+        return await self._snapshot_if_due(stream, before, loaded), True
 
     def _restore(self, stream: str, snapshot: Snapshot | None) -> _Loaded[S] | None:
         """The state in `snapshot`, None if there is none or it cannot be used."""
@@ -467,16 +467,25 @@ class CommandHandler(Generic[S, C, E]):
         self._keep(stream, done)
         return done
 
-    async def _snapshot_if_due(self, stream: str, before: int, loaded: _Loaded[S]) -> None:
-        """Snapshot once the stream passed a multiple of `snapshot_every` since `before`."""
+    async def _snapshot_if_due(self, stream: str, before: int, loaded: _Loaded[S]) -> _Loaded[S]:
+        """Snapshot once the stream passed a multiple of `snapshot_every` since `before`.
+
+        The cache then forgets the requests the snapshot covers, as if it had loaded the
+        stream from it: a retry of one is found in the store, as after a restart. Else a
+        stream that stays cached (a hot account) would keep every request id it was ever
+        sent, and the server's memory would grow with its history."""
         every = self._snapshot_every
         if self._snapshots is None or (loaded.version + 1) // every <= (before + 1) // every:
-            return
+            return loaded
         snapshot = Snapshot(loaded.version, loaded.position, self._snapshots.encode(loaded.state))
         try:
             await self._store.write_snapshot(stream, snapshot)
         except LedgerError as exc:  # only an optimisation: the command has succeeded
             log.warning("snapshot not written", extra={"stream": stream, "error": str(exc)})
+            return loaded
+        forgetful = _Loaded(loaded.state, loaded.version, loaded.position, {}, loaded.version + 1)
+        self._keep(stream, forgetful)
+        return forgetful
 
     @staticmethod
     def _may_miss(loaded: _Loaded[S], request_id: str) -> bool:

@@ -115,36 +115,60 @@ async def test_a_retry_of_a_request_older_than_the_snapshot_survives_a_restart(
     restarted = SqliteEventStore(path)
     await restarted.open()
     try:
-        assert (await restarted.read_snapshot(STREAM)) is not None
-        head = await restarted.head_position()
-        handler = new_handler(restarted)
-        retry = await handler.handle(ID, deposit(10), request_id="d-0", fingerprint="fp-0")
-        assert retry.replayed
-        assert (retry.events, retry.version, retry.position) == (
-            first[0].events,
-            first[0].version,
-            first[0].position,
-        )
-        # the balance is now far above 10, yet the withdrawal's retry is the original
-        again = await new_handler(restarted).handle(
-            ID, withdraw(10), request_id="w", fingerprint="fp-w"
-        )
-        assert again.replayed
-        assert again.events == spent.events == (FundsWithdrawn(ID, 10, "EUR", "rent", 0, AT),)
-        # a retry the domain would now refuse (the account exists) is the original too
-        reopened = await new_handler(restarted).handle(
-            ID, OpenAccount(ID, "Ada", "EUR", AT), request_id="open", fingerprint="o"
-        )
-        assert (reopened.replayed, reopened.version) == (True, 0)
-        with pytest.raises(InvalidArgument) as info:
-            await handler.handle(ID, deposit(99), request_id="d-0", fingerprint="other")
-        assert info.value.reason == REQUEST_ID_REUSED
-        assert await restarted.head_position() == head
-        fresh = await handler.handle(ID, deposit(1), request_id="brand-new", fingerprint="b")
-        assert not fresh.replayed
-        assert await handler.state_of(ID) == await replayed_state(restarted)
+        await then_old_requests_replay(new_handler(restarted), restarted, first[0], spent)
     finally:
         await restarted.close()
+
+
+async def test_a_stream_that_stays_cached_forgets_the_requests_its_snapshots_cover(
+    store: SqliteEventStore,
+) -> None:
+    handler = new_handler(store)
+    first = await given_history(handler, 1)
+    spent = await handler.handle(ID, withdraw(10), request_id="w", fingerprint="fp-w")
+
+    await given_history_more(handler, 10 * EVERY)
+
+    # The cache holds the requests since the last snapshot, not the stream's history...
+    assert len(handler._cache[STREAM].requests) < EVERY
+    # ...and every older request still replays, found in the store
+    await then_old_requests_replay(handler, store, first[0], spent)
+
+
+async def then_old_requests_replay(
+    handler: Handler,
+    store: SqliteEventStore,
+    first: Outcome[accounts.Event],
+    spent: Outcome[accounts.Event],
+) -> None:
+    """Retries of requests from before the snapshot (`first`, the deposit d-0; `spent`,
+    the withdrawal w; the opening) return their originals and append nothing; d-0 reused
+    for another command is refused; a new request appends."""
+    assert (await store.read_snapshot(STREAM)) is not None
+    head = await store.head_position()
+    retry = await handler.handle(ID, deposit(10), request_id="d-0", fingerprint="fp-0")
+    assert retry.replayed
+    assert (retry.events, retry.version, retry.position) == (
+        first.events,
+        first.version,
+        first.position,
+    )
+    # the balance is now far above 10, yet the withdrawal's retry is the original
+    again = await handler.handle(ID, withdraw(10), request_id="w", fingerprint="fp-w")
+    assert again.replayed
+    assert again.events == spent.events == (FundsWithdrawn(ID, 10, "EUR", "rent", 0, AT),)
+    # a retry the domain would now refuse (the account exists) is the original too
+    reopened = await handler.handle(
+        ID, OpenAccount(ID, "Ada", "EUR", AT), request_id="open", fingerprint="o"
+    )
+    assert (reopened.replayed, reopened.version) == (True, 0)
+    with pytest.raises(InvalidArgument) as info:
+        await handler.handle(ID, deposit(99), request_id="d-0", fingerprint="other")
+    assert info.value.reason == REQUEST_ID_REUSED
+    assert await store.head_position() == head
+    fresh = await handler.handle(ID, deposit(1), request_id="brand-new", fingerprint="b")
+    assert not fresh.replayed
+    assert await handler.state_of(ID) == await replayed_state(store)
 
 
 async def given_history_more(handler: Handler, deposits: int) -> None:
