@@ -100,6 +100,11 @@ class _Loaded(Generic[S]):
         dataclasses.replace costs several microseconds on every command."""
         return _Loaded(state, version, position, self.requests, self.requests_from)
 
+    @staticmethod
+    def snapshotted(state: S, version: int, position: int) -> _Loaded[S]:
+        """The stream as a snapshot at `version` leaves it: no request before it known."""
+        return _Loaded(state, version, position, {}, version + 1)
+
 
 @dataclass(eq=False)
 class _Queued(Generic[C, E]):
@@ -417,7 +422,7 @@ class CommandHandler(Generic[S, C, E]):
         except ValueError as exc:
             log.info("snapshot ignored", extra={"stream": stream, "error": str(exc)})
             return None
-        return _Loaded(state, snapshot.version, snapshot.position, {}, snapshot.version + 1)
+        return _Loaded.snapshotted(state, snapshot.version, snapshot.position)
 
     async def _catch_up(self, stream: str, loaded: _Loaded[S]) -> _Loaded[S]:
         recorded = await self._store.read_stream(stream, loaded.version + 1)
@@ -483,7 +488,7 @@ class CommandHandler(Generic[S, C, E]):
         except LedgerError as exc:  # only an optimisation: the command has succeeded
             log.warning("snapshot not written", extra={"stream": stream, "error": str(exc)})
             return loaded
-        forgetful = _Loaded(loaded.state, loaded.version, loaded.position, {}, loaded.version + 1)
+        forgetful = _Loaded.snapshotted(loaded.state, loaded.version, loaded.position)
         self._keep(stream, forgetful)
         return forgetful
 
