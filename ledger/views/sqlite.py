@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -39,6 +40,9 @@ from ledger.views.port import (
 INLINE_ROWS = 100
 """Pages of up to this many documents (the default page size) are read on the event
 loop's thread (ledger.sqlite_support.SqliteThreads.read_now); larger ones in a thread."""
+OWN_PREFIX = "f_"
+"""How a column of the table's own for an indexed field is named: `f_<field>`."""
+T = TypeVar("T")
 
 CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -63,7 +67,7 @@ Columns = frozenset[str]
 
 
 def _own_column(field: str) -> str:
-    return f'"f_{check_field_name(field)}"'
+    return f'"{OWN_PREFIX}{check_field_name(field)}"'
 
 
 def _column(field: str, columns: Columns = frozenset()) -> str:
@@ -87,7 +91,7 @@ def _table_columns(conn: sqlite3.Connection, table: str) -> set[str] | None:
 
 def _own_fields(names: set[str]) -> Columns:
     """The fields kept in columns of their own, among a table's column `names`."""
-    return frozenset(n[2:] for n in names if n.startswith("f_"))
+    return frozenset(n.removeprefix(OWN_PREFIX) for n in names if n.startswith(OWN_PREFIX))
 
 
 def _create_collection(conn: sqlite3.Connection, collection: Collection) -> Columns:
@@ -105,7 +109,7 @@ def _create_collection(conn: sqlite3.Connection, collection: Collection) -> Colu
             f"CREATE TABLE {table} (key TEXT PRIMARY KEY, position INTEGER NOT NULL,"
             f" doc TEXT NOT NULL, rendered BLOB{own}) WITHOUT ROWID"
         )
-        existing = {"rendered", *(f"f_{f}" for f in indexed)}
+        existing = {"rendered", *(OWN_PREFIX + f for f in indexed)}
     if "rendered" not in existing:  # a table from before renderings: none yet
         conn.execute(f"ALTER TABLE {table} ADD COLUMN rendered BLOB")
     present = _own_fields(existing)
@@ -439,7 +443,7 @@ class SqliteViewStore:
         def read(conn: sqlite3.Connection) -> list[Document]:
             return [_document(k, d) for k, d in conn.execute(sql, params).fetchall()]
 
-        return self._db.read_now(read) if limit <= INLINE_ROWS else await self._db.read(read)
+        return await self._page(read, limit)
 
     async def find_rendered(
         self, collection: str, *, key_prefix: str, after: str | None = None, limit: int
@@ -452,4 +456,8 @@ class SqliteViewStore:
         def read(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
             return conn.execute(sql, params).fetchall()
 
+        return await self._page(read, limit)
+
+    async def _page(self, read: Callable[[sqlite3.Connection], T], limit: int) -> T:
+        """A read of at most `limit` rows: on the loop's thread if that is a small page."""
         return self._db.read_now(read) if limit <= INLINE_ROWS else await self._db.read(read)
