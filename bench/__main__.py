@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -482,6 +483,16 @@ SCENARIOS = {
     "long": long_stream_scenario,
     "catchup": catchup_scenario,
 }
+NEEDS = {"peer": "eventsourcing"}
+"""The groups that cannot run without a module of the bench extra (matplotlib is
+optional: without it the chart is skipped)."""
+
+
+def missing_modules(groups: list[str]) -> list[str]:
+    """What `groups` need and cannot import: checked before any measuring, so a missing
+    extra is said at once rather than as a traceback minutes in, with nothing printed."""
+    needed = sorted({NEEDS[group] for group in groups if group in NEEDS})
+    return [module for module in needed if importlib.util.find_spec(module) is None]
 
 
 def main() -> int:
@@ -494,10 +505,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, help="tasks per client process (default 8)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench-results")
     args = parser.parse_args()
+    groups: list[str] = args.only or list(SCENARIOS)
+    if missing := missing_modules(groups):
+        parser.error(
+            f"{', '.join(missing)} is not installed: install the bench extra"
+            " (pip install -e '.[bench]'), or leave out the groups that need it"
+            f" ({', '.join(g for g in groups if NEEDS.get(g) in missing)}) with --only"
+        )
     profile = QUICK if args.quick else FULL
     if args.processes or args.concurrency:
-        from dataclasses import replace
-
         profile = replace(
             profile,
             processes=args.processes or profile.processes,
@@ -511,7 +527,7 @@ def main() -> int:
     }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
-        for name in args.only or list(SCENARIOS):
+        for name in groups:
             SCENARIOS[name](profile, Path(tmp), results)
     results["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
