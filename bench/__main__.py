@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -264,15 +265,29 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
 
             return side
 
+        def projector_paused(window: Profile, label: str) -> LoadResult:
+            """(a)'s load with the projector stopped (SIGSTOP) for the window, then let go
+            to catch up: what the command path reaches without the views' upkeep sharing
+            the CPUs. A diagnostic beside (a), as the floors are; not a mode of Ledger."""
+            projector = stack[PROJECTOR].proc.pid  # type: ignore[union-attr]
+            os.kill(projector, signal.SIGSTOP)
+            try:
+                result = load(window, DEPOSIT_SPREAD, label, cmd, query, ids, ours)
+            finally:
+                os.kill(projector, signal.SIGCONT)
+            wait_projected(query, "hot-0", result.max_position)
+            return result
+
         deposits = in_turns(
             profile,
             {
                 "ceiling DepositFunds": against(ceiling.target, bare, DEPOSIT_SPREAD),
                 "(a) floor: gRPC + durable append": against(floor.target, at_floor, DEPOSIT_SPREAD),
                 "(a) deposits, 10k accounts": ledger(DEPOSIT_SPREAD),
+                "(a) with the projector paused": projector_paused,
             },
         )
-        c_dep, f_dep, a = deposits.values()
+        c_dep, f_dep, a, paused = deposits.values()
         reads = in_turns(
             profile,
             {
@@ -313,6 +328,7 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     out["e_list_transactions"]["page_size"] = TRANSACTIONS_PAGE
     for key, floor_result, ledger_result, base in (
         ("a_append_floor", f_dep, a, c_dep),
+        ("a_projector_paused", paused, a, c_dep),
         ("e_page_floor", f_list, e_list, c_list),
     ):
         out[key] = {

@@ -72,6 +72,14 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "deposit",
                 "what (a) could reach without Ledger's domain and views",
             )
+        if "a_projector_paused" in r:
+            floor(
+                "(a) the command path alone: the projector paused for the window",
+                r["a_projector_paused"],
+                "(a)",
+                "deposit",
+                "what (a) reaches when the views' upkeep does not share the CPUs",
+            )
         if "e_page_floor" in r:
             floor(
                 "(e) floor: gRPC + the same page read from the views",
