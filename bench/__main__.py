@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,16 @@ def load(
     return result
 
 
+@contextlib.contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) inside the block, and let go however it ends."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 Watch = tuple[tuple[str, int], ...]
 Side = Callable[[Profile, str], LoadResult]
 """One side of a ratio: runs its load for the window the profile gives, under a label."""
@@ -257,26 +267,20 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
         def against(target: str, watch: Watch, kind: str, on: list[str] = ids) -> Side:
             return lambda window, label: load(window, kind, label, target, target, on, watch)
 
-        def ledger(kind: str, on: list[str] = ids) -> Side:
+        def ledger(kind: str, on: list[str] = ids, *, projector_paused: bool = False) -> Side:
+            """Ledger's side; `projector_paused` stops the projector (SIGSTOP) for the
+            window and lets it catch up after: what the command path reaches without the
+            views' upkeep sharing the CPUs. A diagnostic, as the floors are; not a mode of
+            Ledger."""
+            projector = stack[PROJECTOR].proc.pid  # type: ignore[union-attr]
+
             def side(window: Profile, label: str) -> LoadResult:
-                result = load(window, kind, label, cmd, query, on, ours)
+                with paused(projector) if projector_paused else contextlib.nullcontext():
+                    result = load(window, kind, label, cmd, query, on, ours)
                 wait_projected(query, "hot-0", result.max_position)  # before the next turn
                 return result
 
             return side
-
-        def projector_paused(window: Profile, label: str) -> LoadResult:
-            """(a)'s load with the projector stopped (SIGSTOP) for the window, then let go
-            to catch up: what the command path reaches without the views' upkeep sharing
-            the CPUs. A diagnostic beside (a), as the floors are; not a mode of Ledger."""
-            projector = stack[PROJECTOR].proc.pid  # type: ignore[union-attr]
-            os.kill(projector, signal.SIGSTOP)
-            try:
-                result = load(window, DEPOSIT_SPREAD, label, cmd, query, ids, ours)
-            finally:
-                os.kill(projector, signal.SIGCONT)
-            wait_projected(query, "hot-0", result.max_position)
-            return result
 
         deposits = in_turns(
             profile,
@@ -284,10 +288,10 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
                 "ceiling DepositFunds": against(ceiling.target, bare, DEPOSIT_SPREAD),
                 "(a) floor: gRPC + durable append": against(floor.target, at_floor, DEPOSIT_SPREAD),
                 "(a) deposits, 10k accounts": ledger(DEPOSIT_SPREAD),
-                "(a) with the projector paused": projector_paused,
+                "(a) with the projector paused": ledger(DEPOSIT_SPREAD, projector_paused=True),
             },
         )
-        c_dep, f_dep, a, paused = deposits.values()
+        c_dep, f_dep, a, a_paused = deposits.values()
         reads = in_turns(
             profile,
             {
@@ -328,7 +332,7 @@ def served_scenarios(profile: Profile, work: Path, out: dict[str, Any]) -> None:
     out["e_list_transactions"]["page_size"] = TRANSACTIONS_PAGE
     for key, floor_result, ledger_result, base in (
         ("a_append_floor", f_dep, a, c_dep),
-        ("a_projector_paused", paused, a, c_dep),
+        ("a_projector_paused", a_paused, a, c_dep),
         ("e_page_floor", f_list, e_list, c_list),
     ):
         out[key] = {
